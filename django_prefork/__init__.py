@@ -1,0 +1,3 @@
+"""django-prefork: `manage.py runprefork`, an arbiter forking sync workers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,149 @@
+"""Every PREFORK_* setting: its default, its validation, its system check id.
+
+One table owns them all (waitress keeps its adjustments the same way), so
+the checks, the command-line overrides and the docs cannot drift apart.
+"""
+
+import os
+import tempfile
+from dataclasses import dataclass, fields
+
+from django.conf import settings as django_settings
+
+
+def usable_cpus():
+    """CPUs this process may run on (its affinity mask), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS has no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def default_tmp_dir():
+    """/dev/shm keeps heartbeat fchmods off a real disk (gunicorn #1388)."""
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return tempfile.gettempdir()
+
+
+def _debug():
+    return bool(django_settings.DEBUG)
+
+
+def _int(minimum):
+    def valid(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+    valid.wants = f"an integer ≥ {minimum}"
+    return valid
+
+
+def _seconds(minimum, allow_zero=False):
+    def valid(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return value > minimum or (allow_zero and value == 0)
+
+    valid.wants = "a number of seconds ≥ 0 (0 = never)" if allow_zero else f"a number of seconds > {minimum}"
+    return valid
+
+
+def _bool(value):
+    return isinstance(value, bool)
+
+
+_bool.wants = "True or False"
+
+
+def _writable_dir(value):
+    return isinstance(value, str) and os.path.isdir(value) and os.access(value, os.W_OK | os.X_OK)
+
+
+_writable_dir.wants = "a path to an existing directory this process can write to"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    check_id: str
+    default: object  # a value, or a callable returning it
+    valid: object
+
+    def default_value(self):
+        return self.default() if callable(self.default) else self.default
+
+
+SETTINGS = (
+    Setting("PREFORK_WORKERS", "prefork.E001", usable_cpus, _int(1)),
+    Setting("PREFORK_TIMEOUT", "prefork.E002", 30, _seconds(0, allow_zero=True)),
+    Setting("PREFORK_GRACEFUL_TIMEOUT", "prefork.E003", 30, _seconds(0, allow_zero=True)),
+    Setting("PREFORK_MAX_REQUESTS", "prefork.E004", 0, _int(0)),
+    Setting("PREFORK_MAX_REQUESTS_JITTER", "prefork.E005", 0, _int(0)),
+    Setting("PREFORK_PRELOAD_APP", "prefork.E006", False, _bool),
+    Setting("PREFORK_GC_FREEZE", "prefork.E007", True, _bool),
+    Setting("PREFORK_BACKLOG", "prefork.E008", 2048, _int(1)),
+    Setting("PREFORK_CLIENT_TIMEOUT", "prefork.E009", 10, _seconds(0)),
+    Setting("PREFORK_LIMIT_REQUEST_LINE", "prefork.E010", 8190, _int(64)),
+    Setting("PREFORK_LIMIT_REQUEST_FIELDS", "prefork.E011", 100, _int(1)),
+    Setting("PREFORK_LIMIT_REQUEST_FIELD_SIZE", "prefork.E012", 8190, _int(64)),
+    Setting("PREFORK_WORKER_TMP_DIR", "prefork.E013", default_tmp_dir, _writable_dir),
+    Setting("PREFORK_RELOAD", "prefork.E014", _debug, _bool),
+    Setting("PREFORK_ACCESS_LOG", "prefork.E015", _debug, _bool),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def problems(overrides=None):
+    """Yield (setting, value) for every setting whose value is not valid."""
+    overrides = overrides or {}
+    for setting in SETTINGS:
+        if setting.name in overrides:
+            value = overrides[setting.name]
+        elif hasattr(django_settings, setting.name):
+            value = getattr(django_settings, setting.name)
+        else:
+            continue  # defaults are valid by construction
+        if not setting.valid(value):
+            yield setting, value
+
+
+def describe(setting, value):
+    """The one sentence a check error and a CommandError both print."""
+    return f"{setting.name} is {value!r}; it must be {setting.valid.wants}."
+
+
+@dataclass(frozen=True)
+class Config:
+    """The settings of one server run, after command-line overrides."""
+
+    workers: int
+    timeout: float
+    graceful_timeout: float
+    max_requests: int
+    max_requests_jitter: int
+    preload_app: bool
+    gc_freeze: bool
+    backlog: int
+    client_timeout: float
+    limit_request_line: int
+    limit_request_fields: int
+    limit_request_field_size: int
+    worker_tmp_dir: str
+    reload: bool
+    access_log: bool
+
+    @classmethod
+    def load(cls, overrides=None):
+        """Read settings (overrides win); the caller has run problems() first."""
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        values = {}
+        for field in fields(cls):
+            setting = BY_NAME["PREFORK_" + field.name.upper()]
+            if setting.name in overrides:
+                values[field.name] = overrides[setting.name]
+            else:
+                values[field.name] = getattr(django_settings, setting.name, None)
+                if values[field.name] is None:
+                    values[field.name] = setting.default_value()
+        return cls(**values)

@@ -1,0 +1,117 @@
+"""Listening sockets: bound once by the arbiter, inherited by every worker.
+
+A listener is a plain socket.socket, non-blocking (workers accept() without
+waiting and select() on EAGAIN) and inheritable (so a future generation
+started with exec can take it over without ever closing the port).
+"""
+
+import errno
+import os
+import socket
+import stat
+
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): systemd passes sockets from fd 3 on
+
+
+class Listener:
+    """One listening socket and what the banner and environ need to know of it."""
+
+    def __init__(self, sock, unix_path=None, inherited=False):
+        self.sock = sock
+        self.unix_path = unix_path
+        self.inherited = inherited
+        sock.setblocking(False)
+        sock.set_inheritable(True)
+        if sock.family == socket.AF_UNIX:
+            self.host, self.port = "localhost", "80"
+        else:
+            self.host, port = sock.getsockname()[:2]
+            self.port = str(port)
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def url(self):
+        if self.sock.family == socket.AF_UNIX:
+            return f"unix:{self.unix_path or self.sock.getsockname()}"
+        host = f"[{self.host}]" if self.sock.family == socket.AF_INET6 else self.host
+        return f"http://{host}:{self.port}/"
+
+    def close(self, unlink=True):
+        self.sock.close()
+        # The socket file outlives its socket; leave an inherited one to its owner.
+        if unlink and self.unix_path and not self.inherited:
+            try:
+                os.unlink(self.unix_path)
+            except OSError:
+                pass
+
+
+def _defer_accept(sock, seconds):
+    # Linux hands the connection to accept() only once the client has sent
+    # bytes, so a worker never sits blocked on a preconnect that says nothing.
+    if hasattr(socket, "TCP_DEFER_ACCEPT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, int(seconds)))
+
+
+def bind_tcp(host, port, ipv6, backlog, client_timeout):
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        _defer_accept(sock, client_timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return Listener(sock)
+
+
+def bind_unix(path, backlog):
+    _remove_stale_unix_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return Listener(sock, unix_path=path)
+
+
+def _remove_stale_unix_socket(path):
+    """Unlink a socket file left by a dead server; refuse one a live server answers on."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EADDRINUSE, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    except OSError:
+        return  # let bind() report it
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+
+
+def systemd_listeners():
+    """Sockets passed by systemd socket activation, or [] (sd_listen_fds(3))."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    # Unset so a child exec'd later does not take them for its own.
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    listeners = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        sock = socket.socket(fileno=fd)
+        path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+        listeners.append(Listener(sock, unix_path=path or None, inherited=True))
+    return listeners

@@ -1,0 +1,144 @@
+"""The sync worker: one process, one thread, one request at a time.
+
+Forked by the arbiter, it never returns: `run()` ends in os._exit, so no
+frame of the arbiter's stack (the management command, Django's
+`execute_from_command_line`) ever runs twice.
+"""
+
+import logging
+import os
+import select
+import signal
+import sys
+import traceback
+
+from . import heartbeat
+from .wsgi import Server, serve
+
+log = logging.getLogger("django_prefork")
+
+BOOT_ERROR = 3  # exit code: the app could not be loaded
+
+
+class SyncWorker:
+    def __init__(self, number, ppid, listeners, beat, config, load_app):
+        self.number = number
+        self.ppid = ppid
+        self.listeners = listeners
+        self.heartbeat = beat
+        self.config = config
+        self.load_app = load_app
+        self.alive = True
+        self.served = 0
+        self.max_requests = 0
+
+    def run(self, max_requests):
+        code = 0
+        try:
+            self.max_requests = max_requests
+            self.init_signals()
+            app = self.boot()
+            self.serve_forever(app)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            log.exception("worker %d (pid %d) crashed", self.number, os.getpid())
+            code = 1
+        finally:
+            _flush_std_streams()
+            os._exit(code)
+
+    def init_signals(self):
+        # Forget the arbiter's handlers and wakeup fd; keep a wakeup pipe of our own
+        # so TERM interrupts select() at once instead of after half the timeout.
+        self.wakeup_r, self.wakeup_w = os.pipe()
+        for fd in (self.wakeup_r, self.wakeup_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self.handle_term)
+        signal.signal(signal.SIGINT, self.handle_quit)
+        signal.signal(signal.SIGQUIT, self.handle_quit)
+        signal.signal(signal.SIGUSR1, self.handle_usr1)
+        signal.signal(signal.SIGABRT, self.handle_abort)
+
+    def handle_term(self, signum, frame):
+        self.alive = False  # finish the request in hand, then leave
+
+    def handle_quit(self, signum, frame):
+        _flush_std_streams()
+        os._exit(0)
+
+    def handle_usr1(self, signum, frame):
+        from .logfiles import reopen_log_files
+
+        reopen_log_files()
+
+    def handle_abort(self, signum, frame):
+        # The arbiter found us silent past the timeout: say where we were stuck.
+        stack = "".join(traceback.format_stack(frame))
+        log.error("worker %d (pid %d) timed out; it was here:\n%s", self.number, os.getpid(), stack)
+        _flush_std_streams()
+        os._exit(1)
+
+    def boot(self):
+        self.heartbeat.notify()
+        try:
+            app = self.load_app()
+        except BaseException:
+            self.heartbeat.write_status(heartbeat.BOOT_FAILED, traceback.format_exc())
+            raise SystemExit(BOOT_ERROR) from None
+        self.heartbeat.write_status(heartbeat.READY)
+        return app
+
+    def serve_forever(self, app):
+        servers = [(listener.sock, Server(app, listener, self.config)) for listener in self.listeners]
+        notify = self.heartbeat.notify
+        wait = self.config.timeout / 2 if self.config.timeout else 1.0
+        readable = [sock for sock, _ in servers] + [self.wakeup_r]
+        while self.alive:
+            notify()
+            accepted = False
+            for sock, server in servers:
+                try:
+                    conn, client = sock.accept()
+                except BlockingIOError:
+                    continue
+                accepted = True
+                try:
+                    serve(conn, client, server)
+                finally:
+                    conn.close()
+                self.served += 1
+                if self.max_requests and self.served >= self.max_requests:
+                    log.info("worker %d (pid %d) served %d requests; recycling", self.number, os.getpid(), self.served)
+                    return
+            if accepted:
+                continue  # more may be waiting: no select() after a successful accept
+            if os.getppid() != self.ppid:
+                log.warning("worker %d (pid %d): the arbiter is gone; exiting", self.number, os.getpid())
+                return
+            try:
+                ready, _, _ = select.select(readable, [], [], wait)
+            except InterruptedError:
+                continue
+            if self.wakeup_r in ready:
+                _drain(self.wakeup_r)
+
+
+def _drain(fd):
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _flush_std_streams():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+

@@ -1,0 +1,360 @@
+"""WSGI (PEP 3333): one connection in, one request served, the connection closed.
+
+`serve()` is the whole per-request path: read the head, build environ, call
+the app, write the response, log it. Everything it needs that does not change
+between requests (the base environ, the limits) is prepared once per worker
+in `Server`.
+"""
+
+import logging
+import re
+import socket
+import sys
+import time
+from email.utils import formatdate
+
+from django.utils.log import log_message
+
+from .http import Body, ClientGone, HTTPError, Limits, decode_path, read_request, split_target
+
+log = logging.getLogger("django_prefork")
+access_log = logging.getLogger("django.server")
+
+HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+     "te", "trailer", "trailers", "transfer-encoding", "upgrade")
+)
+_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(r"[\r\n\0]")
+_LINGER_SECONDS = 1.0
+_LINGER_BYTES = 4 * 1024 * 1024
+
+
+class InvalidHeader(ValueError):
+    """The app gave a header that would split or corrupt the response."""
+
+
+class ClientDisconnected(Exception):
+    """The client hung up while we wrote to it: worth a debug line, not an error."""
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: a file the server may send with os.sendfile."""
+
+    def __init__(self, filelike, blksize=8192):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        read = self.filelike.read
+        while block := read(self.blksize):
+            yield block
+
+
+class Server:
+    """What every request of one worker shares: app, limits, prepared environ."""
+
+    def __init__(self, app, listener, config):
+        self.app = app
+        self.client_timeout = config.client_timeout
+        self.limits = Limits(
+            config.limit_request_line,
+            config.limit_request_fields,
+            config.limit_request_field_size,
+        )
+        self.access_log = config.access_log
+        self.unix = listener.sock.family == socket.AF_UNIX
+        self.base_environ = {
+            "SCRIPT_NAME": "",
+            "SERVER_NAME": listener.host,
+            "SERVER_PORT": listener.port,
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+        }
+
+
+def serve(conn, client, server):
+    """Serve the one request on `conn`. Never raises for anything a client does."""
+    conn.settimeout(server.client_timeout)
+    try:
+        request, parser = read_request(conn, server.limits, server.client_timeout)
+        environ = build_environ(server, request, client)
+        environ["wsgi.input"] = Body(conn, request, parser)
+    except ClientGone:
+        return
+    except HTTPError as exc:
+        answer_error(conn, exc, server, request_line=None)
+        return
+    response = Response(conn, environ["REQUEST_METHOD"] == "HEAD")
+    try:
+        result = server.app(environ, response.start_response)
+        try:
+            if request.error is None:
+                response.send(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+    except ClientDisconnected as exc:
+        log.debug("client %s hung up mid-response: %s", environ["REMOTE_ADDR"], exc)
+        return
+    except Exception:
+        log.exception("Error serving %s %s", environ["REQUEST_METHOD"], environ["RAW_URI"])
+        if response.head_sent:
+            return  # too late for a 500: closing the connection tells the client
+        request.error = request.error or HTTPError(500, "Internal Server Error")
+    line = _request_line(environ)
+    if request.error is not None and not response.head_sent:
+        answer_error(conn, request.error, server, line)
+        return
+    if response.short_by:
+        log.warning('"%s": response body %d bytes shorter than its Content-Length', line, response.short_by)
+    if server.access_log:
+        log_request(line, response.status_code, response.body_sent)
+    if not request.complete:
+        linger(conn)
+
+
+def build_environ(server, request, client):
+    path, query, authority = split_target(request.method, request.target)
+    environ = server.base_environ.copy()
+    environ["REQUEST_METHOD"] = request.method.decode("latin-1")
+    environ["PATH_INFO"] = decode_path(path)
+    environ["QUERY_STRING"] = query.decode("latin-1")
+    environ["RAW_URI"] = request.target.decode("latin-1")
+    environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+    if server.unix:
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = "", ""
+    else:
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])
+    for name, value in request.headers:
+        key = _environ_key(name)
+        if key is None:
+            continue
+        value = value.decode("latin-1")
+        if key in environ:
+            value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
+        environ[key] = value
+    if authority is not None:  # RFC 9112 §3.2.2: absolute-form wins over Host
+        environ["HTTP_HOST"] = authority.decode("latin-1")
+    if server.unix and "HTTP_HOST" in environ:
+        host, _, port = environ["HTTP_HOST"].rpartition(":")
+        if host and port.isdigit():
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = host, port
+        else:
+            environ["SERVER_NAME"] = environ["HTTP_HOST"]
+    return environ
+
+
+_KEYS = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+
+
+def _environ_key(name):
+    """HTTP_* key for a lowercased header name; None for names with '_'.
+
+    runserver drops them too: X_Forwarded_For must not pose as X-Forwarded-For.
+    """
+    try:
+        return _KEYS[name]
+    except KeyError:
+        key = None if b"_" in name else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if len(_KEYS) < 512:
+            _KEYS[name] = key
+        return key
+
+
+class Response:
+    """start_response, write() and the body: the app's answer, checked and sent."""
+
+    def __init__(self, conn, head_only):
+        self.conn = conn
+        self.head_only = head_only
+        self.status = None
+        self.status_code = 0
+        self.headers = None
+        self.head_sent = False
+        self.body_sent = 0
+        self.remaining = None  # bytes the app's Content-Length still promises
+        self.short_by = 0
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        code = status[:3]
+        if not (type(status) is str and code.isdigit() and status[3:4] == " " and not _BAD_VALUE.search(status)):
+            raise InvalidHeader(f"bad status {status!r}")
+        self.status, self.status_code, self.headers = status, int(code), headers
+        return self.write
+
+    def _head(self):
+        lines = [f"HTTP/1.1 {self.status}\r\n"]
+        has_date = False
+        for name, value in self.headers:
+            if not _NAME.match(name) or _BAD_VALUE.search(value):
+                raise InvalidHeader(f"refusing to send header {name!r}: {value!r}")
+            lower = name.lower()
+            if lower in HOP_BY_HOP:
+                log.warning("dropped hop-by-hop header %s: %s (the server owns the connection)", name, value)
+                continue
+            if lower == "content-length":
+                self.remaining = int(value)
+            elif lower == "date":
+                has_date = True
+            lines.append(f"{name}: {value}\r\n")
+        if not has_date:
+            lines.append(f"Date: {http_date()}\r\n")
+        lines.append("Connection: close\r\n\r\n")
+        return "".join(lines).encode("latin-1")
+
+    def _has_body(self):
+        code = self.status_code
+        return not (self.head_only or code < 200 or code in (204, 304))
+
+    def write(self, data):
+        """PEP 3333's write() callable, and the path every body chunk takes."""
+        if self.status is None:
+            raise AssertionError("write() before start_response()")
+        head = b""
+        if not self.head_sent:
+            head = self._head()
+            self.head_sent = True
+        if not self._has_body():
+            data = b""
+        elif self.remaining is not None:
+            if len(data) > self.remaining:
+                log.warning("response body longer than its Content-Length: cut at %d bytes",
+                            self.body_sent + self.remaining)
+                data = data[: self.remaining]
+            self.remaining -= len(data)
+        self.body_sent += len(data)
+        if head and len(data) < 65536:
+            self._send(head + data)  # one segment for the common small response
+        else:
+            if head:
+                self._send(head)
+            self._send(data)
+
+    def _send(self, data):
+        try:
+            self.conn.sendall(data)
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from exc
+
+    def send(self, result):
+        if isinstance(result, FileWrapper) and self._has_body() and _has_fileno(result.filelike):
+            self.write(b"")
+            self._sendfile(result.filelike)
+        elif self._has_body():
+            for chunk in result:
+                if chunk:
+                    self.write(chunk)
+                if self.remaining == 0:
+                    break
+        if not self.head_sent:
+            self.write(b"")
+        if self.remaining and self._has_body():
+            self.short_by = self.remaining
+
+    def _sendfile(self, filelike):
+        try:
+            offset = filelike.tell()
+        except (AttributeError, OSError):
+            offset = 0
+        try:
+            sent = self.conn.sendfile(filelike, offset, self.remaining)
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from exc
+        self.body_sent += sent
+        if self.remaining is not None:
+            self.remaining -= sent
+
+
+def _has_fileno(filelike):
+    try:
+        filelike.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+_date = [0, ""]
+
+
+def http_date():
+    now = int(time.time())
+    if _date[0] != now:
+        _date[0], _date[1] = now, formatdate(now, usegmt=True)
+    return _date[1]
+
+
+def answer_error(conn, exc, server, request_line):
+    body = f"{exc.status} {exc.reason}\n".encode("latin-1", "replace")
+    reason = _REASONS.get(exc.status, "Error")
+    head = (
+        f"HTTP/1.1 {exc.status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nDate: {http_date()}\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        conn.sendall(head.encode("latin-1") + body)
+    except OSError:
+        return
+    if exc.status < 500:
+        log.info("answered %d to %s: %s", exc.status, request_line or "a malformed request", exc.reason)
+    if server.access_log:
+        log_request(request_line or "-", exc.status, len(body))
+    linger(conn)
+
+
+_REASONS = {
+    400: "Bad Request", 405: "Method Not Allowed", 408: "Request Timeout", 414: "URI Too Long",
+    417: "Expectation Failed", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 505: "HTTP Version Not Supported",
+}
+
+
+def linger(conn):
+    """Read what the client still sends before closing, so our answer is not lost.
+
+    Closing a socket with unread input makes the kernel send RST, which can
+    destroy the response in the client's receive buffer before it reads it.
+    """
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + _LINGER_SECONDS
+        drained = 0
+        while drained < _LINGER_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            conn.settimeout(remaining)
+            data = conn.recv(65536)
+            if not data:
+                break
+            drained += len(data)
+    except OSError:
+        pass
+
+
+def _request_line(environ):
+    return f'{environ["REQUEST_METHOD"]} {environ["RAW_URI"]} {environ["SERVER_PROTOCOL"]}'
+
+
+def log_request(request_line, status, size):
+    # runserver's line and levels, through its logger and formatter.
+    log_message(
+        access_log, '"%s" %s %s', request_line, str(status), str(size),
+        status_code=status, server_time=time.strftime("%d/%b/%Y %H:%M:%S"),
+    )
