@@ -1,0 +1,10 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("pid", views.pid),
+    path("slow", views.slow),
+    path("echo", views.echo),
+    path("environ", views.environ),
+]

@@ -1,0 +1,212 @@
+"""Start `runprefork` as a real process and talk to it over real sockets."""
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BANNER_URL = re.compile(r"Starting prefork server at (\S+)")
+BANNER_PID = re.compile(r"Arbiter pid (\d+): (\d+) sync worker")
+
+
+def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
+    """Poll `predicate` until it returns something truthy; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def children(pid):
+    """Live (non-zombie) child pids of `pid`, read from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(entry))
+    return sorted(found)
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Server:
+    """One runprefork process. Use as a context manager: it never leaks processes."""
+
+    def __init__(self, *args, settings=None, addr="127.0.0.1:0", env=None, manage=None):
+        self.args = list(args)
+        self.addr = addr
+        self.settings = settings or {}
+        self.extra_env = env or {}
+        self.manage = manage  # a manage.py to run instead of `python -m django`
+        self.lines = []
+        self.proc = None
+        self.url = None
+        self.port = None
+        self.pid = None
+        self.seen_workers = set()
+
+    # -- life cycle ----------------------------------------------------------
+
+    def start(self, wait=True, timeout=30):
+        env = dict(os.environ)
+        env.update(
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "testproject")]),
+            PREFORK_TEST_SETTINGS=json.dumps(self.settings),
+        )
+        if not self.manage:
+            env.setdefault("DJANGO_SETTINGS_MODULE", "tests.fixtureapp.settings")
+        env.update(self.extra_env)
+        cmd = [sys.executable, self.manage] if self.manage else [sys.executable, "-m", "django"]
+        cmd += ["runprefork"] + ([self.addr] if self.addr else []) + self.args
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, text=True, errors="replace",
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if wait:
+            self.wait_banner(timeout)
+        return self
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_banner(self, timeout=30):
+        match = self.wait_for(BANNER_PID, timeout)
+        self.pid = int(match.group(1))
+        self.url = BANNER_URL.search(self.output).group(1)
+        if self.url.startswith("http://"):
+            self.port = int(self.url.rsplit(":", 1)[1].rstrip("/"))
+        return self
+
+    def wait_workers(self, count, timeout=15):
+        def ready():
+            pids = self.worker_pids()
+            return pids if len(pids) == count else None
+
+        return wait_until(ready, timeout, message=f"{count} workers (output:\n{self.output})")
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._reader.join(2)
+
+    def close(self):
+        """Kill whatever is left, the server's children included."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.seen_workers.update(children(self.proc.pid))
+            self.proc.kill()
+            self.proc.wait(10)
+        for pid in self.seen_workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc.stdout:
+            self._reader.join(2)
+            self.proc.stdout.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- looking at it ---------------------------------------------------------
+
+    @property
+    def output(self):
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern, timeout=10):
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+
+        def found():
+            match = regex.search(self.output)
+            if match is None and self.proc.poll() is not None:
+                time.sleep(0.2)  # let the reader catch the last lines
+                match = regex.search(self.output)
+                if match is None:
+                    raise AssertionError(
+                        f"server exited ({self.proc.returncode}) before printing {regex.pattern!r}:\n{self.output}"
+                    )
+            return match
+
+        return wait_until(found, timeout, message=f"{regex.pattern!r} in output:\n{self.output}")
+
+    def worker_pids(self):
+        pids = children(self.pid)
+        self.seen_workers.update(pids)
+        return pids
+
+    # -- talking to it -----------------------------------------------------------
+
+    def connect(self, timeout=10):
+        if self.url.startswith("unix:"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(self.url[len("unix:"):])
+            return sock
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+    def request(self, method="GET", path="/pid", body=None, headers=None, timeout=10):
+        """One HTTP request; returns (status, headers dict, body bytes)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port or 80, timeout=timeout)
+        if self.url.startswith("unix:"):
+            conn.sock = self.connect(timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def get(self, path="/pid", **kwargs):
+        status, _, body = self.request("GET", path, **kwargs)
+        return status, body
+
+    def raw(self, data, timeout=10):
+        """Send raw bytes; return everything the server sent before closing."""
+        sock = self.connect(timeout)
+        try:
+            sock.sendall(data)
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            sock.close()

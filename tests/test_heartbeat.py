@@ -1,0 +1,53 @@
+"""The heartbeat file: touched by one process, judged by another's monotonic clock."""
+
+import os
+import time
+
+from django_prefork import heartbeat
+from django_prefork.heartbeat import Heartbeat
+
+
+def test_silence_is_measured_on_the_monotonic_clock(tmp_path):
+    beat = Heartbeat(str(tmp_path))
+    assert os.listdir(tmp_path) == []  # unlinked at once
+    now = time.monotonic()
+    assert beat.silent_for(now + 100) >= 100
+    beat.notify()
+    assert beat.silent_for(now + 200) == 0  # a change seen now counts from now
+    assert beat.silent_for(now + 205) == 5
+    beat.close()
+
+
+def test_a_wall_clock_jump_never_reads_as_silence(tmp_path):
+    beat = Heartbeat(str(tmp_path))
+    start = time.monotonic()
+    beat.notify()
+    beat.silent_for(start)
+    # ctime set far in the past, as after a wall-clock jump back: it is a change, not an age.
+    os.utime(beat.fd, (0, 0))
+    assert beat.silent_for(start + 1) == 0
+    beat.close()
+
+
+def test_touches_from_a_forked_child_are_seen(tmp_path):
+    beat = Heartbeat(str(tmp_path))
+    now = time.monotonic()
+    beat.silent_for(now)
+    time.sleep(0.01)  # ctime granularity is a clock tick
+    pid = os.fork()
+    if pid == 0:
+        beat.notify()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert beat.silent_for(now + 50) == 0
+    beat.close()
+
+
+def test_status_record(tmp_path):
+    beat = Heartbeat(str(tmp_path))
+    assert beat.read_status() == (heartbeat.BOOTING, "")
+    beat.write_status(heartbeat.BOOT_FAILED, "Traceback ...\nRuntimeError: é")
+    assert beat.read_status() == (heartbeat.BOOT_FAILED, "Traceback ...\nRuntimeError: é")
+    beat.write_status(heartbeat.READY)
+    assert beat.read_status() == (heartbeat.READY, "")
+    beat.close()
