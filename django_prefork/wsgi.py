@@ -254,14 +254,17 @@ class Response:
             raise ClientDisconnected(str(exc)) from exc
 
     def send(self, result):
-        if isinstance(result, FileWrapper) and self._has_body() and _has_fileno(result.filelike):
+        if isinstance(result, FileWrapper) and self.status is not None and _has_fileno(result.filelike):
             self.write(b"")
-            self._sendfile(result.filelike)
-        elif self._has_body():
+            if self._has_body():
+                self._sendfile(result.filelike)
+        else:
+            # start_response may come with the first item (PEP 3333), so iterate
+            # at least once even when no body will be sent.
             for chunk in result:
                 if chunk:
                     self.write(chunk)
-                if self.remaining == 0:
+                if self.head_sent and (self.remaining == 0 or not self._has_body()):
                     break
         if not self.head_sent:
             self.write(b"")

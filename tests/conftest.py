@@ -16,3 +16,18 @@ def serve():
     yield start
     for server in started:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One worker serving tests/fixtureapp/rawapps.py, shared by a test module."""
+    srv = Server(settings={
+        "PREFORK_WORKERS": 1,
+        "PREFORK_CLIENT_TIMEOUT": 2,
+        "PREFORK_ACCESS_LOG": True,
+        "WSGI_APPLICATION": "tests.fixtureapp.rawapps.application",
+    })
+    srv.start()
+    srv.first_workers = srv.wait_workers(1)
+    yield srv
+    srv.close()

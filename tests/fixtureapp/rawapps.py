@@ -1,0 +1,171 @@
+"""Plain WSGI apps for the HTTP tests, one per path; anything else goes to Django.
+
+WSGI_APPLICATION = "tests.fixtureapp.rawapps.application"
+"""
+
+import json
+import os
+import sys
+import tempfile
+from wsgiref.validate import validator
+
+from django.core.wsgi import get_wsgi_application
+
+django_app = get_wsgi_application()
+ENVIRON_KEYS = (
+    "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH",
+    "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "REMOTE_ADDR", "REMOTE_PORT", "RAW_URI",
+    "wsgi.url_scheme", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once", "wsgi.input_terminated",
+)
+
+
+def echo(environ, start_response):
+    """The environ and the whole body as JSON: the differential tests' oracle view."""
+    body = environ["wsgi.input"].read()
+    data = {k: environ[k] for k in ENVIRON_KEYS if k in environ}
+    data.update({k: v for k, v in environ.items() if k.startswith("HTTP_")})
+    data["wsgi.version"] = list(environ["wsgi.version"])
+    data["body"] = body.decode("latin-1")
+    data["pid"] = os.getpid()
+    out = json.dumps(data).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
+    return [out]
+
+
+def strict_echo(environ, start_response):
+    """echo, reading the body the one way wsgiref.validate allows: read(n)."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length)
+    out = json.dumps({"body": body.decode("latin-1"), "query": environ["QUERY_STRING"]}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
+    return [out]
+
+
+def lines(environ, start_response):
+    """Reads the body with readline(), readlines() and iteration, in turns."""
+    stream = environ["wsgi.input"]
+    first = stream.readline()
+    second = stream.readline(3)
+    rest = stream.readlines()
+    out = json.dumps([first.decode(), second.decode(), [r.decode() for r in rest]]).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [out]
+
+
+def count(environ, start_response):
+    """Reads the body in 64 KiB pieces and reports its size and the worker's peak RSS."""
+    total = 0
+    while chunk := environ["wsgi.input"].read(65536):
+        total += len(chunk)
+    with open("/proc/self/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps({"received": total, "peak_rss_kib": rss}).encode()]
+
+
+def reject_early(environ, start_response):
+    """Answers without reading the body (Expect: 100-continue must not be answered)."""
+    start_response("413 Payload Too Large", [("Content-Type", "text/plain")])
+    return [b"too big\n"]
+
+
+def stream(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return (f"part {i}\n".encode() for i in range(5))
+
+
+def short(environ, start_response):
+    start_response("200 OK", [("Content-Length", "100")])
+    return [b"only ten b"]
+
+
+def long(environ, start_response):
+    start_response("200 OK", [("Content-Length", "5")])
+    return [b"0123456789"]
+
+
+def raise_before(environ, start_response):
+    raise RuntimeError("failed before the headers")
+
+
+def raise_after(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"first part\n"
+    raise RuntimeError("failed after the headers")
+
+
+def inject(environ, start_response):
+    start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: pwned=1")])
+    return [b"never sent"]
+
+
+def hop(environ, start_response):
+    start_response("200 OK", [("Connection", "keep-alive"), ("Transfer-Encoding", "chunked"), ("X-Kept", "1")])
+    return [b"hop"]
+
+
+def no_content(environ, start_response):
+    start_response("204 No Content", [])
+    return [b"must not be sent"]
+
+
+def write_callable(environ, start_response):
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"written ")
+    return [b"and returned"]
+
+
+def exc_info_before(environ, start_response):
+    try:
+        raise ValueError("app error")
+    except ValueError:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        start_response("500 Oops", [("Content-Type", "text/plain")], sys.exc_info())
+    return [b"replaced status"]
+
+
+class Closing:
+    """An iterable whose close() leaves a mark the test can find."""
+
+    def __init__(self, environ):
+        self.marker = environ["QUERY_STRING"]
+
+    def __iter__(self):
+        yield b"closing"
+
+    def close(self):
+        with open(self.marker, "w") as f:
+            f.write("closed")
+
+
+def closing(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return Closing(environ)
+
+
+_FILE = os.path.join(tempfile.gettempdir(), f"prefork-test-file-{os.getuid()}.bin")
+
+
+def file(environ, start_response):
+    if not os.path.exists(_FILE):
+        with open(_FILE + ".tmp", "wb") as f:
+            f.write(bytes(range(256)) * 4096)  # 1 MiB
+        os.replace(_FILE + ".tmp", _FILE)
+    f = open(_FILE, "rb")
+    start_response("200 OK", [("Content-Length", str(os.path.getsize(_FILE)))])
+    return environ["wsgi.file_wrapper"](f, 65536)
+
+
+ROUTES = {
+    "/echo": echo, "/validate": validator(strict_echo), "/lines": lines, "/count": count,
+    "/reject": reject_early, "/stream": stream, "/short": short, "/long": long,
+    "/raise-before": raise_before, "/raise-after": raise_after, "/inject": inject, "/hop": hop,
+    "/nocontent": no_content, "/write": write_callable, "/exc-info": exc_info_before,
+    "/closing": closing, "/file": file, "*": echo,
+}
+
+
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    route = path if path == "*" else "/" + path.split("/")[1]
+    return ROUTES.get(route, django_app)(environ, start_response)
