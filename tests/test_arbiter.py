@@ -1,5 +1,6 @@
 """The process model, tested on real processes: banner, workers, signals, deaths."""
 
+import json
 import os
 import signal
 import socket
@@ -163,6 +164,9 @@ def test_unix_socket_bind_serves_and_is_removed(serve, tmp_path):
     assert f"Starting prefork server at unix:{path}" in server.output
     status, body = server.get("/pid")
     assert status == 200 and int(body) in server.wait_workers(2)
+    environ = json.loads(server.get("/environ", headers={"Host": "app.example:8443"})[1])
+    assert (environ["SERVER_NAME"], environ["SERVER_PORT"]) == ("app.example", "8443")
+    assert environ["REMOTE_ADDR"] == ""
     assert server.stop() == 0
     assert not path.exists()
 

@@ -363,3 +363,16 @@ def test_access_log_lines(server):
     send(server, head(b"GET /echo HTTP/1.1"))
     server.wait_for(r'\[\d\d/\w{3}/\d{4} \d\d:\d\d:\d\d\] "GET /echo\?log=1 HTTP/1.1" 200 \d+')
     server.wait_for(r'\] "-" 400 \d+')
+
+
+def test_a_client_hanging_up_mid_response_is_no_error(server):
+    before = worker_pid(server)
+    for _ in range(5):
+        sock = server.connect()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(head(b"GET /stream-big HTTP/1.1", b"Host: x"))
+        sock.recv(10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # RST: the server's next write fails
+    assert worker_pid(server) == before
+    assert "Error serving GET /stream-big" not in server.output

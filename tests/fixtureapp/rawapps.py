@@ -74,6 +74,11 @@ def stream(environ, start_response):
     return (f"part {i}\n".encode() for i in range(5))
 
 
+def stream_big(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return (b"x" * 65536 for _ in range(256))
+
+
 def short(environ, start_response):
     start_response("200 OK", [("Content-Length", "100")])
     return [b"only ten b"]
@@ -158,7 +163,7 @@ def file(environ, start_response):
 
 ROUTES = {
     "/echo": echo, "/validate": validator(strict_echo), "/lines": lines, "/count": count,
-    "/reject": reject_early, "/stream": stream, "/short": short, "/long": long,
+    "/reject": reject_early, "/stream": stream, "/stream-big": stream_big, "/short": short, "/long": long,
     "/raise-before": raise_before, "/raise-after": raise_after, "/inject": inject, "/hop": hop,
     "/nocontent": no_content, "/write": write_callable, "/exc-info": exc_info_before,
     "/closing": closing, "/file": file, "*": echo,
