@@ -27,6 +27,8 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from .sockets import set_io_timeout
+
 RECV_SIZE = 65536
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 FORBIDDEN_TRAILERS = frozenset(
@@ -160,22 +162,18 @@ def _feed(parser, request, data):
 def read_request(sock, limits, client_timeout):
     """Read one request head from `sock`; return (request, parser).
 
-    The whole head must arrive within `client_timeout` seconds: a client
-    trickling a byte at a time cannot hold a worker longer than that.
+    `sock` is blocking with kernel timeouts (SO_RCVTIMEO: see sockets.py).
+    The whole head must arrive within `client_timeout` of its first bytes: a
+    client trickling one header a second cannot hold a worker longer than that.
     """
     request = Request(limits)
     parser = httptools.HttpRequestParser(request)
     received = 0
     deadline = None
-    while not request.headers_complete:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise HTTPError(408, "Request Timeout")
-            sock.settimeout(remaining)
+    while True:
         try:
             data = sock.recv(RECV_SIZE)
-        except TimeoutError:
+        except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO ran out
             if received:
                 raise HTTPError(408, "Request Timeout") from None
             raise ClientGone() from None
@@ -185,14 +183,21 @@ def read_request(sock, limits, client_timeout):
             if received:
                 raise HTTPError(400, "Incomplete request head")
             raise ClientGone()
-        if deadline is None:
-            deadline = time.monotonic() + client_timeout
         received += len(data)
         _feed(parser, request, data)
-        if not request.headers_complete and received > limits.head:
+        if request.headers_complete:
+            break
+        if received > limits.head:
             raise HTTPError(431, "Request header fields too large")
+        # The head came in pieces (rare): bound the next recv by what is left.
+        if deadline is None:
+            deadline = time.monotonic() + client_timeout
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HTTPError(408, "Request Timeout")
+        set_io_timeout(sock, remaining)
     if deadline is not None:
-        sock.settimeout(client_timeout)
+        set_io_timeout(sock, client_timeout)
     request.check_head(parser)
     return request, parser
 
@@ -252,7 +257,11 @@ class Body:
         if self._continue_pending:
             self._continue_pending = False
             self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        data = self._sock.recv(RECV_SIZE)  # TimeoutError after client_timeout
+        try:
+            data = self._sock.recv(RECV_SIZE)
+        except BlockingIOError:  # SO_RCVTIMEO: the client stalled mid-body
+            request.error = HTTPError(408, "Request Timeout")
+            raise TimeoutError("the client sent no body bytes within the client timeout") from None
         if not data:
             request.error = HTTPError(400, "Client closed before the end of the body")
             raise ConnectionAbortedError(request.error.reason)

@@ -9,6 +9,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): systemd passes sockets from fd 3 on
 
@@ -45,6 +46,24 @@ class Listener:
                 os.unlink(self.unix_path)
             except OSError:
                 pass
+
+
+def set_io_timeout(sock, seconds):
+    """Bound each recv and send on `sock` by `seconds`, in the kernel.
+
+    A Python-level timeout (settimeout) makes CPython poll() before every
+    recv and send; SO_RCVTIMEO/SO_SNDTIMEO cost nothing per call, and TCP
+    connections inherit them from the listener (Linux copies the listening
+    socket's options to each accepted one; unix sockets do not). A call that
+    runs out raises BlockingIOError (EAGAIN).
+    """
+    whole = int(seconds)
+    micro = int((seconds - whole) * 1_000_000)
+    if not whole and not micro:
+        micro = 1  # a zero timeval means "wait forever"
+    tv = struct.pack("ll", whole, micro)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
 
 def _defer_accept(sock, seconds):

@@ -7,6 +7,7 @@ in `Server`.
 """
 
 import logging
+import os
 import re
 import socket
 import sys
@@ -16,6 +17,7 @@ from email.utils import formatdate
 from django.utils.log import log_message
 
 from .http import Body, ClientGone, HTTPError, Limits, decode_path, read_request, split_target
+from .sockets import set_io_timeout
 
 log = logging.getLogger("django_prefork")
 access_log = logging.getLogger("django.server")
@@ -24,10 +26,12 @@ HOP_BY_HOP = frozenset(
     ("connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
      "te", "trailer", "trailers", "transfer-encoding", "upgrade")
 )
-_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
+_VALID_NAMES = set()  # header names already checked: apps send the same few
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 4 * 1024 * 1024
+SENDFILE_CHUNK = 1 << 30
 
 
 class InvalidHeader(ValueError):
@@ -66,6 +70,8 @@ class Server:
         )
         self.access_log = config.access_log
         self.unix = listener.sock.family == socket.AF_UNIX
+        if not self.unix:
+            set_io_timeout(listener.sock, self.client_timeout)  # inherited by each connection
         self.base_environ = {
             "SCRIPT_NAME": "",
             "SERVER_NAME": listener.host,
@@ -83,7 +89,8 @@ class Server:
 
 def serve(conn, client, server):
     """Serve the one request on `conn`. Never raises for anything a client does."""
-    conn.settimeout(server.client_timeout)
+    if server.unix:
+        set_io_timeout(conn, server.client_timeout)  # unix sockets do not inherit it
     try:
         request, parser = read_request(conn, server.limits, server.client_timeout)
         environ = build_environ(server, request, client)
@@ -203,8 +210,8 @@ class Response:
         lines = [f"HTTP/1.1 {self.status}\r\n"]
         has_date = False
         for name, value in self.headers:
-            if not _NAME.match(name) or _BAD_VALUE.search(value):
-                raise InvalidHeader(f"refusing to send header {name!r}: {value!r}")
+            if name not in _VALID_NAMES:
+                _check_name(name)
             lower = name.lower()
             if lower in HOP_BY_HOP:
                 log.warning("dropped hop-by-hop header %s: %s (the server owns the connection)", name, value)
@@ -217,7 +224,15 @@ class Response:
         if not has_date:
             lines.append(f"Date: {http_date()}\r\n")
         lines.append("Connection: close\r\n\r\n")
-        return "".join(lines).encode("latin-1")
+        head = "".join(lines)
+        # Response splitting: every CR and LF in the head must be one we put
+        # there (one CRLF a line, two at the end), and no NUL at all. Three
+        # counts over the whole head cost less than a regex per header value.
+        crlf = len(lines) + 1
+        if head.count("\r") != crlf or head.count("\n") != crlf or "\0" in head:
+            bad = next((n, v) for n, v in self.headers if _BAD_VALUE.search(f"{n}{v}"))
+            raise InvalidHeader(f"refusing to send header {bad[0]!r}: {bad[1]!r}")
+        return head.encode("latin-1")
 
     def _has_body(self):
         code = self.status_code
@@ -272,17 +287,32 @@ class Response:
             self.short_by = self.remaining
 
     def _sendfile(self, filelike):
+        # Our own loop: socket.sendfile() would wait in select() without a
+        # timeout when SO_SNDTIMEO runs out on a blocking socket.
         try:
             offset = filelike.tell()
         except (AttributeError, OSError):
             offset = 0
-        try:
-            sent = self.conn.sendfile(filelike, offset, self.remaining)
-        except OSError as exc:
-            raise ClientDisconnected(str(exc)) from exc
-        self.body_sent += sent
-        if self.remaining is not None:
-            self.remaining -= sent
+        out, src = self.conn.fileno(), filelike.fileno()
+        while self.remaining is None or self.remaining > 0:
+            count = SENDFILE_CHUNK if self.remaining is None else min(self.remaining, SENDFILE_CHUNK)
+            try:
+                sent = os.sendfile(out, src, offset, count)
+            except OSError as exc:
+                raise ClientDisconnected(str(exc)) from exc
+            if not sent:
+                break  # end of file
+            offset += sent
+            self.body_sent += sent
+            if self.remaining is not None:
+                self.remaining -= sent
+
+
+def _check_name(name):
+    if type(name) is not str or not _TOKEN.match(name):
+        raise InvalidHeader(f"refusing to send header name {name!r}")
+    if len(_VALID_NAMES) < 1024:
+        _VALID_NAMES.add(name)
 
 
 def _has_fileno(filelike):

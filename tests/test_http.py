@@ -309,6 +309,13 @@ def test_header_injection_is_a_500_and_never_sent(server):
     server.wait_for("refusing to send header 'X-Evil'")
 
 
+@pytest.mark.parametrize("kind", ["crlf", "lf", "cr", "nul", "name-space", "name-colon", "name-crlf"])
+def test_a_header_that_could_split_the_response_is_a_500(server, kind):
+    response = response_of(server, b"/bad-header?" + kind.encode())
+    assert status_of(response) == 500
+    assert b"pwned" not in response and b"never sent" not in response
+
+
 def test_hop_by_hop_headers_are_dropped(server):
     head_, body = split(response_of(server, b"/hop"))
     assert b"chunked" not in head_ and b"keep-alive" not in head_

@@ -104,6 +104,18 @@ def inject(environ, start_response):
     return [b"never sent"]
 
 
+BAD_HEADERS = {
+    "crlf": ("X-Evil", "a\r\nSet-Cookie: pwned=1"), "lf": ("X-Evil", "a\nSet-Cookie: pwned=1"),
+    "cr": ("X-Evil", "a\rpwned"), "nul": ("X-Evil", "a\0pwned"), "name-space": ("X-Evil: pwned", "1"),
+    "name-colon": ("X-Evil:", "pwned"), "name-crlf": ("X-Evil\r\nSet-Cookie", "pwned"),
+}
+
+
+def bad_header(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), BAD_HEADERS[environ["QUERY_STRING"]]])
+    return [b"never sent"]
+
+
 def hop(environ, start_response):
     start_response("200 OK", [("Connection", "keep-alive"), ("Transfer-Encoding", "chunked"), ("X-Kept", "1")])
     return [b"hop"]
@@ -164,7 +176,7 @@ def file(environ, start_response):
 ROUTES = {
     "/echo": echo, "/validate": validator(strict_echo), "/lines": lines, "/count": count,
     "/reject": reject_early, "/stream": stream, "/stream-big": stream_big, "/short": short, "/long": long,
-    "/raise-before": raise_before, "/raise-after": raise_after, "/inject": inject, "/hop": hop,
+    "/raise-before": raise_before, "/raise-after": raise_after, "/inject": inject, "/bad-header": bad_header, "/hop": hop,
     "/nocontent": no_content, "/write": write_callable, "/exc-info": exc_info_before,
     "/closing": closing, "/file": file, "*": echo,
 }
