@@ -68,7 +68,7 @@ def server_commands(workers, port):
         servers["granian"] = [py, "-m", "granian", "--interface", "wsgi", "--workers", str(workers),
                               "--host", "127.0.0.1", "--port", str(port), "testproject.wsgi:application"]
     if has_module("pyuwsgi"):
-        servers["uwsgi"] = [py, "-m", "pyuwsgi", "--http-socket", f"127.0.0.1:{port}", "--master",
+        servers["uwsgi"] = [py, "-c", "import pyuwsgi; pyuwsgi.run()", "--http-socket", f"127.0.0.1:{port}", "--master",
                             "--processes", str(workers), "--module", "testproject.wsgi:application",
                             "--disable-logging"]
     return servers

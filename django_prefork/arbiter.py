@@ -11,12 +11,12 @@ import gc
 import logging
 import os
 import random
-import select
 import signal
 import time
 
 from . import heartbeat, proctitle
 from .heartbeat import Heartbeat
+from .signals import signal_wakeup_pipe, wait
 from .worker import BOOT_ERROR, SyncWorker
 
 log = logging.getLogger("django_prefork")
@@ -51,8 +51,11 @@ class WorkerProcess:
 
 
 class Arbiter:
-    def __init__(self, listeners, config, load_app, name="django"):
+    def __init__(self, listeners, config, load_app, name="django", generation=1, ready_fd=None, master_pid=None):
         self.listeners = listeners
+        self.generation = generation
+        self.ready_fd = ready_fd  # written once every worker has loaded the app
+        self.master_pid = master_pid
         self.config = config
         self.load_app = load_app
         self.name = name
@@ -68,7 +71,7 @@ class Arbiter:
     def run(self):
         """Serve until a stop signal; return the exit status."""
         self.init_signals()
-        proctitle.set_title(f"runprefork arbiter [{self.name}]")
+        proctitle.set_title(f"runprefork arbiter [{self.name}] generation {self.generation}")
         try:
             if self.config.preload_app:
                 app = self.load_app()
@@ -80,6 +83,10 @@ class Arbiter:
                 if stop is not None:
                     self.stop(graceful=stop)
                     return 0
+                if self.master_pid and os.getppid() != self.master_pid:
+                    log.warning("generation %d: the master is gone; stopping", self.generation)
+                    self.stop(graceful=False)
+                    return 0
                 self.reap_workers()
                 self.notice_booted_workers()
                 self.murder_lazy_workers()
@@ -88,15 +95,11 @@ class Arbiter:
             self.stop(graceful=False)
             raise
         finally:
-            signal.set_wakeup_fd(-1)
-            for fd in (self.wakeup_r, self.wakeup_w):
-                os.close(fd)
+            os.close(signal.set_wakeup_fd(-1))
+            os.close(self.wakeup_r)
 
     def init_signals(self):
-        self.wakeup_r, self.wakeup_w = os.pipe()
-        for fd in (self.wakeup_r, self.wakeup_w):
-            os.set_blocking(fd, False)
-        signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
+        self.wakeup_r = signal_wakeup_pipe()
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, self.record_signal)
 
@@ -105,22 +108,14 @@ class Arbiter:
 
     def sleep(self, seconds=1.0):
         """Wait for a signal, at most `seconds`."""
-        try:
-            select.select([self.wakeup_r], [], [], seconds)
-        except InterruptedError:
-            pass
-        try:
-            while os.read(self.wakeup_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        wait(self.wakeup_r, seconds)
 
     def process_signals(self):
         """Act on recorded signals; return True/False to stop gracefully/quickly."""
         while self.signals:
             sig = self.signals.pop(0)
             if sig == signal.SIGTERM:
-                log.info("TERM received: finishing requests in hand, then stopping")
+                log.info("generation %d: finishing requests in hand, then stopping", self.generation)
                 return True
             if sig in (signal.SIGINT, signal.SIGQUIT):
                 return False
@@ -135,8 +130,8 @@ class Arbiter:
 
                 reopen_log_files()
                 self.kill_workers(signal.SIGUSR1)
-            elif sig == signal.SIGHUP:
-                log.warning("HUP: reloading is not available yet; still serving")
+            elif sig == signal.SIGHUP and self.master_pid:
+                os.kill(self.master_pid, signal.SIGHUP)  # reloading is the master's job
         return None
 
     # -- keeping the workers ---------------------------------------------------
@@ -190,9 +185,10 @@ class Arbiter:
         log.debug("booting worker %d (pid %d)", number, pid)
 
     def become_worker(self, number, ppid, beat, max_requests):
-        signal.set_wakeup_fd(-1)
-        for fd in (self.wakeup_r, self.wakeup_w):
-            os.close(fd)
+        os.close(signal.set_wakeup_fd(-1))
+        os.close(self.wakeup_r)
+        if self.ready_fd is not None:
+            os.close(self.ready_fd)
         for other in self.workers.values():
             other.heartbeat.close()
         proctitle.set_title(f"runprefork worker {number} [{self.name}]")
@@ -204,6 +200,12 @@ class Arbiter:
             if not w.ready and w.heartbeat.read_status()[0] == heartbeat.READY:
                 w.ready = True
                 self.booted = True
+        serving = [w for w in self.workers.values() if not w.retiring]
+        if self.ready_fd is not None and len(serving) >= self.num_workers and all(w.ready for w in serving):
+            # The master waits for this before retiring the previous generation.
+            os.write(self.ready_fd, b"R")
+            os.close(self.ready_fd)
+            self.ready_fd = None
 
     def reap_workers(self):
         while True:
@@ -307,7 +309,7 @@ class Arbiter:
             if w is not None:
                 w.heartbeat.close()
         for listener in self.listeners:
-            listener.close()
+            listener.close(unlink=False)  # the master owns the socket file
 
     def reap_quietly(self):
         while True:

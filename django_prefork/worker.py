@@ -6,6 +6,7 @@ frame of the arbiter's stack (the management command, Django's
 """
 
 import _socket
+import gc
 import logging
 import os
 import select
@@ -15,6 +16,7 @@ import traceback
 from socket import SOCK_STREAM
 
 from . import heartbeat
+from .signals import drain, signal_wakeup_pipe
 from .wsgi import Server, serve
 
 log = logging.getLogger("django_prefork")
@@ -53,10 +55,7 @@ class SyncWorker:
     def init_signals(self):
         # Forget the arbiter's handlers and wakeup fd; keep a wakeup pipe of our own
         # so TERM interrupts select() at once instead of after half the timeout.
-        self.wakeup_r, self.wakeup_w = os.pipe()
-        for fd in (self.wakeup_r, self.wakeup_w):
-            os.set_blocking(fd, False)
-        signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
+        self.wakeup_r = signal_wakeup_pipe()
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self.handle_term)
@@ -91,6 +90,11 @@ class SyncWorker:
         except BaseException:
             self.heartbeat.write_status(heartbeat.BOOT_FAILED, traceback.format_exc())
             raise SystemExit(BOOT_ERROR) from None
+        if self.config.gc_freeze:
+            # What loading the app allocated lives as long as the worker: keep
+            # it out of every later full collection (and its pages unwritten).
+            gc.collect()
+            gc.freeze()
         self.heartbeat.write_status(heartbeat.READY)
         return app
 
@@ -130,15 +134,7 @@ class SyncWorker:
             except InterruptedError:
                 continue
             if self.wakeup_r in ready:
-                _drain(self.wakeup_r)
-
-
-def _drain(fd):
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
+                drain(self.wakeup_r)
 
 
 def _flush_std_streams():

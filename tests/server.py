@@ -127,7 +127,7 @@ class Server:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.seen_workers.update(children(self.proc.pid))
+            self.worker_pids()
             self.proc.kill()
             self.proc.wait(10)
         for pid in self.seen_workers:
@@ -138,7 +138,7 @@ class Server:
             self.proc.stdout.close()
 
     def __enter__(self):
-        return self.start()
+        return self if self.proc else self.start()
 
     def __exit__(self, *exc):
         self.close()
@@ -165,8 +165,15 @@ class Server:
 
         return wait_until(found, timeout, message=f"{regex.pattern!r} in output:\n{self.output}")
 
-    def worker_pids(self):
+    def arbiter_pids(self):
+        """The generations' arbiters: the master's children."""
         pids = children(self.pid)
+        self.seen_workers.update(pids)
+        return pids
+
+    def worker_pids(self):
+        """Every generation's workers: the master's grandchildren."""
+        pids = sorted(w for arbiter in self.arbiter_pids() for w in children(arbiter))
         self.seen_workers.update(pids)
         return pids
 

@@ -181,3 +181,15 @@ def test_pidfile_written_removed_and_refusing_a_live_pid(serve, tmp_path):
     assert f"names pid {server.pid}, which is running" in second.output
     assert server.stop() == 0
     assert not pidfile.exists()
+
+
+def test_a_killed_generation_arbiter_is_replaced(serve):
+    server = serve(settings={"PREFORK_WORKERS": 2, "PREFORK_TIMEOUT": 2})
+    old_workers = server.wait_workers(2)
+    (arbiter,) = server.arbiter_pids()
+    server.wait_for(rf"generation 1 \(pid {arbiter}\) serving")
+    os.kill(arbiter, signal.SIGKILL)
+    server.wait_for(rf"generation 1 \(pid {arbiter}\) exited unexpectedly \(exit -9\); starting a new one")
+    server.wait_for(r"generation 2 \(pid \d+\) serving", timeout=30)
+    wait_until(lambda: not any(alive(p) for p in old_workers), timeout=5, message="the orphaned workers to exit")
+    assert int(server.get("/pid")[1]) in server.wait_workers(2)

@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from .server import Server
 
 CRLF = b"\r\n"
 

@@ -4,7 +4,6 @@ import json
 import re
 
 import h11
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

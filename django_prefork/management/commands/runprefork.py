@@ -10,8 +10,10 @@ whole front door is runserver's own code and only the serving is ours.
 """
 
 import functools
+import json
 import logging
 import os
+import socket
 import sys
 from datetime import datetime
 
@@ -22,7 +24,8 @@ from django.core.management.base import CommandError
 from django.core.management.commands.runserver import Command as RunserverCommand
 
 from django_prefork import conf, pidfile, sockets
-from django_prefork.arbiter import Arbiter, HaltServer
+from django_prefork.arbiter import HaltServer
+from django_prefork.master import GENERATION_ENV, Master, run_generation
 
 # Command-line options and the settings they override.
 OVERRIDES = {
@@ -91,6 +94,9 @@ class Command(StaticfilesRunserver):
         self.overrides = {
             setting: options[option] for option, setting in OVERRIDES.items() if options.get(option) is not None
         }
+        generation = os.environ.pop(GENERATION_ENV, None)
+        if generation:
+            return self.serve_generation(json.loads(generation), options)
         for setting, value in conf.problems(self.overrides):
             if setting.name in self.overrides:
                 option = next(o for o, s in OVERRIDES.items() if s == setting.name)
@@ -151,6 +157,8 @@ class Command(StaticfilesRunserver):
             f"Starting prefork server at {where}\n"
             f"Arbiter pid {os.getpid()}: {workers}, 1 thread each, blocking I/O; "
             f"at most {n} request{'s' if n != 1 else ''} at once, the rest queue (backlog {self.config.backlog})\n"
+            f"Generation 1; reload with kill -HUP {os.getpid()}"
+            f"{' or by saving a file (autoreload on)' if self.config.reload else ''}\n"
             f"Quit the server with {quit_command}."
         )
 
@@ -158,16 +166,41 @@ class Command(StaticfilesRunserver):
         configure_logging()
         if self.pidfile:
             pidfile.write(self.pidfile)
-        name = (settings.SETTINGS_MODULE or "django").split(".")[0]
+        watcher = None
+        if self.config.reload:
+            from django_prefork.reloader import CodeWatcher
+
+            watcher = CodeWatcher(getattr(settings, "BASE_DIR", None) or os.getcwd())
         try:
-            status = Arbiter(listeners, self.config, load_app, name=name).run()
-        except HaltServer as exc:
-            raise CommandError(str(exc)) from None
+            status = Master(listeners, self.config, load_app, project_name(), watcher).run()
         finally:
             if self.pidfile:
                 pidfile.remove(self.pidfile)
         if status:
             sys.exit(status)
+
+    def serve_generation(self, spec, options):
+        """Serve as generation N of a reload: exec'd by the master, fresh code."""
+        configure_logging()
+        if not options["skip_checks"]:
+            self.check()  # errors: SystemCheckError, exit 1; the master keeps the old code
+        overrides = dict(self.overrides, PREFORK_WORKERS=spec["workers"])
+        problems = [conf.describe(s, v) for s, v in conf.problems(overrides)]
+        if problems:
+            raise CommandError(" ".join(problems))
+        config = conf.Config.load(overrides)
+        listeners = [sockets.Listener(socket.socket(fileno=fd), inherited=True) for fd in spec["listen_fds"]]
+        load_app = self.get_handler(**options)
+        try:
+            status = run_generation(listeners, config, load_app, project_name(), spec["number"], spec["ready_fd"])
+        except HaltServer as exc:
+            raise CommandError(str(exc)) from None
+        if status:
+            sys.exit(status)
+
+
+def project_name():
+    return (settings.SETTINGS_MODULE or "django").split(".")[0]
 
 
 def configure_logging():

@@ -1,0 +1,36 @@
+"""Signals wake a select() loop through a pipe; handlers only record them."""
+
+import os
+import select
+import signal
+
+
+def signal_wakeup_pipe():
+    """A non-blocking pipe that signal delivery writes to: select() on its read end.
+
+    Returns the read end. Handlers set afterwards only need to record the
+    signal; the write from C, at delivery, is what wakes the loop.
+    """
+    read_end, write_end = os.pipe()
+    for fd in (read_end, write_end):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    return read_end
+
+
+def drain(fd):
+    """Empty the wakeup pipe (it only says "look at your signal list")."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def wait(wakeup_fd, seconds, also=()):
+    """Sleep until a signal arrives, a fd in `also` is readable, or `seconds` pass."""
+    try:
+        select.select([wakeup_fd, *also], [], [], seconds)
+    except InterruptedError:
+        pass
+    drain(wakeup_fd)
