@@ -16,7 +16,7 @@ import time
 
 from . import heartbeat, proctitle
 from .heartbeat import Heartbeat
-from .signals import signal_wakeup_pipe, wait
+from .signals import close_wakeup_pipe, signal_wakeup_pipe, wait
 from .worker import BOOT_ERROR, SyncWorker
 
 log = logging.getLogger("django_prefork")
@@ -95,11 +95,11 @@ class Arbiter:
             self.stop(graceful=False)
             raise
         finally:
-            os.close(signal.set_wakeup_fd(-1))
-            os.close(self.wakeup_r)
+            close_wakeup_pipe(self.wakeup)
 
     def init_signals(self):
-        self.wakeup_r = signal_wakeup_pipe()
+        self.wakeup = signal_wakeup_pipe()
+        self.wakeup_r = self.wakeup[0]
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, self.record_signal)
 
@@ -185,8 +185,7 @@ class Arbiter:
         log.debug("booting worker %d (pid %d)", number, pid)
 
     def become_worker(self, number, ppid, beat, max_requests):
-        os.close(signal.set_wakeup_fd(-1))
-        os.close(self.wakeup_r)
+        close_wakeup_pipe(self.wakeup)
         if self.ready_fd is not None:
             os.close(self.ready_fd)
         for other in self.workers.values():

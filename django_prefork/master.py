@@ -31,7 +31,7 @@ import time
 from django.utils.autoreload import get_child_arguments
 
 from .arbiter import HANDLED_SIGNALS, Arbiter, HaltServer
-from .signals import signal_wakeup_pipe, wait
+from .signals import close_wakeup_pipe, signal_wakeup_pipe, wait
 
 log = logging.getLogger("django_prefork")
 
@@ -68,7 +68,8 @@ class Master:
 
     def run(self):
         """Serve until TERM, INT or QUIT; return the exit status."""
-        self.wakeup_r = signal_wakeup_pipe()
+        self.wakeup = signal_wakeup_pipe()
+        self.wakeup_r = self.wakeup[0]
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, lambda signum, frame: self.signals.append(signum))
         try:
@@ -123,8 +124,7 @@ class Master:
             status = 1
             try:
                 os.close(ready_r)
-                os.close(signal.set_wakeup_fd(-1))
-                os.close(self.wakeup_r)
+                close_wakeup_pipe(self.wakeup)
                 status = run_generation(self.listeners, self.config, self.load_app, self.name, 1, ready_w)
             except HaltServer as exc:
                 sys.stderr.write(f"CommandError: {exc}\n")

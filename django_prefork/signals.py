@@ -8,14 +8,21 @@ import signal
 def signal_wakeup_pipe():
     """A non-blocking pipe that signal delivery writes to: select() on its read end.
 
-    Returns the read end. Handlers set afterwards only need to record the
+    Returns both ends. Handlers set afterwards only need to record the
     signal; the write from C, at delivery, is what wakes the loop.
     """
     read_end, write_end = os.pipe()
     for fd in (read_end, write_end):
         os.set_blocking(fd, False)
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    return read_end
+    return read_end, write_end
+
+
+def close_wakeup_pipe(pipe):
+    """Undo signal_wakeup_pipe(), as a forked child must before making its own."""
+    signal.set_wakeup_fd(-1)  # Python 3.12+ may already have reset it in a child
+    for fd in pipe:
+        os.close(fd)
 
 
 def drain(fd):

@@ -55,7 +55,7 @@ class SyncWorker:
     def init_signals(self):
         # Forget the arbiter's handlers and wakeup fd; keep a wakeup pipe of our own
         # so TERM interrupts select() at once instead of after half the timeout.
-        self.wakeup_r = signal_wakeup_pipe()
+        self.wakeup_r, _ = signal_wakeup_pipe()
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self.handle_term)
