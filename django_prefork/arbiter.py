@@ -16,7 +16,7 @@ import time
 
 from . import heartbeat, proctitle
 from .heartbeat import Heartbeat
-from .signals import close_wakeup_pipe, signal_wakeup_pipe, wait
+from .signals import close_wakeup_pipe, die_with_parent, signal_wakeup_pipe, wait
 from .worker import BOOT_ERROR, SyncWorker
 
 log = logging.getLogger("django_prefork")
@@ -71,6 +71,8 @@ class Arbiter:
     def run(self):
         """Serve until a stop signal; return the exit status."""
         self.init_signals()
+        if self.master_pid:
+            die_with_parent(signal.SIGQUIT)
         proctitle.set_title(f"runprefork arbiter [{self.name}] generation {self.generation}")
         try:
             if self.config.preload_app:
@@ -234,7 +236,8 @@ class Arbiter:
         elif code < 0:
             name = signal.Signals(-code).name
             if w.killed:
-                log.error("%s was killed with SIGKILL after its timeout", who)
+                log.error("%s was killed with SIGKILL: it did not answer SIGABRT (stuck in C code?); it %s",
+                          who, w.heartbeat.describe(time.monotonic(), 0))
             elif w.retiring and code == -signal.SIGTERM:
                 log.info("%s stopped", who)
             elif -code == signal.SIGKILL:
@@ -265,7 +268,7 @@ class Arbiter:
                 continue
             silent = w.heartbeat.silent_for(now)
             if silent > timeout:
-                log.error("worker %d (pid %d) timed out after %.0f s", w.number, w.pid, silent)
+                log.error("worker %d %s; sending SIGABRT", w.pid, w.heartbeat.describe(now, silent))
                 w.aborted_at = now
                 self.signal_worker(w, signal.SIGABRT)
 

@@ -6,16 +6,27 @@ ctime; the arbiter fstats it once a second. A change in ctime only means
 silent is measured on the arbiter's own monotonic clock, so a wall-clock
 jump (NTP, a suspended VM) moves ctime arbitrarily and still kills nobody.
 
-The file's bytes carry a small status record the arbiter can read at any
-time: "booting", "ready", or the boot error a worker died of, so it can be
-reported once instead of once per worker.
+The file's bytes carry what the arbiter may need to say about the worker:
+
+* its first page, mapped shared by both processes, holds the request in
+  hand (start on the monotonic clock, method and target), written by the
+  worker with plain memory stores, no syscall, at the start and end of each
+  request, so a timeout can name the request even when the worker is stuck
+  in C code and cannot say anything itself;
+* after it, the boot status: "booting", "ready", or the traceback a worker
+  died of, so that is reported once instead of once per worker.
 """
 
+import mmap
 import os
+import struct
 import tempfile
 import time
 
 BOOTING, READY, BOOT_FAILED = b"B", b"R", b"F"
+PAGE = mmap.PAGESIZE
+_STARTED = struct.Struct("dH")  # monotonic start (0.0: idle), length of "METHOD target"
+_REQUEST_MAX = 1024
 
 
 class Heartbeat:
@@ -23,6 +34,8 @@ class Heartbeat:
         fd, path = tempfile.mkstemp(prefix="prefork-heartbeat-", dir=tmp_dir)
         os.unlink(path)
         self.fd = fd
+        os.ftruncate(fd, PAGE)
+        self.page = mmap.mmap(fd, PAGE)  # MAP_SHARED: the fork shares it
         self._mode = 0
         self._touched = 0.0
         self._seen_ctime = os.fstat(fd).st_ctime_ns
@@ -43,7 +56,16 @@ class Heartbeat:
 
     def write_status(self, state, text=""):
         data = state + text.encode("utf-8", "replace")
-        os.pwrite(self.fd, len(data).to_bytes(4, "little") + data, 0)
+        os.pwrite(self.fd, len(data).to_bytes(4, "little") + data, PAGE)
+
+    def start_request(self, method, target):
+        line = method + b" " + target[:_REQUEST_MAX]
+        end = _STARTED.size + len(line)
+        self.page[_STARTED.size:end] = line
+        _STARTED.pack_into(self.page, 0, time.monotonic(), len(line))
+
+    def end_request(self):
+        _STARTED.pack_into(self.page, 0, 0.0, 0)
 
     # -- the arbiter's side ------------------------------------------------
 
@@ -60,11 +82,28 @@ class Heartbeat:
         self._seen_at = now
 
     def read_status(self):
-        size = int.from_bytes(os.pread(self.fd, 4, 0).ljust(4, b"\0"), "little")
+        size = int.from_bytes(os.pread(self.fd, 4, PAGE).ljust(4, b"\0"), "little")
         if not size:
             return BOOTING, ""
-        data = os.pread(self.fd, size, 4)
+        data = os.pread(self.fd, size, PAGE + 4)
         return data[:1], data[1:].decode("utf-8", "replace")
 
+    def current_request(self):
+        """("METHOD target", its start on the monotonic clock), or None when idle."""
+        started, length = _STARTED.unpack_from(self.page, 0)
+        if not started:
+            return None
+        line = self.page[_STARTED.size:_STARTED.size + min(length, _REQUEST_MAX + 16)]
+        return line.decode("latin-1"), started
+
+    def describe(self, now, silent_for):
+        """`timed out after S s serving METHOD PATH`, or `... while idle`."""
+        current = self.current_request()
+        if current is None:
+            return f"timed out after {silent_for:.0f} s while idle"
+        line, started = current
+        return f"timed out after {now - started:.0f} s serving {line}"
+
     def close(self):
+        self.page.close()
         os.close(self.fd)

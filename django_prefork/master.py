@@ -30,6 +30,7 @@ import time
 
 from django.utils.autoreload import get_child_arguments
 
+from . import notify
 from .arbiter import HANDLED_SIGNALS, Arbiter, HaltServer
 from .signals import close_wakeup_pipe, signal_wakeup_pipe, wait
 
@@ -155,11 +156,13 @@ class Master:
         env = dict(os.environ, **{GENERATION_ENV: json.dumps(spec)})
         args = get_child_arguments()
         log.info("%s: starting generation %d with fresh code", why, number)
+        notify.reloading()
         try:
             pid = os.posix_spawn(args[0], args, env)
         except OSError as exc:
             log.error("could not start generation %d: %s; still serving the previous code", number, exc)
             os.close(ready_r)
+            notify.ready("reload failed; still serving the previous code")
             return
         finally:
             os.close(ready_w)
@@ -176,6 +179,7 @@ class Master:
                     self.promote(generation)
                 else:
                     log.info("%s serving, %d workers", generation, generation.workers)
+                notify.ready(f"generation {generation.number} serving, {generation.workers} workers")
         booting = self.booting
         boot_limit = max(60.0, 2 * self.config.timeout)
         if booting is not None and time.monotonic() - booting.started > boot_limit:
@@ -207,6 +211,7 @@ class Master:
                     os.close(failed.ready_fd)
                 log.error("%s failed (exit %s): still serving the previous code; fix the error and "
                           "save (or send HUP) to retry", failed, code)
+                notify.ready(f"{failed} failed; still serving generation {self.serving.number if self.serving else '?'}")
             elif self.serving is not None and pid == self.serving.pid:
                 dead, self.serving = self.serving, None
                 if not dead.ready:
@@ -234,6 +239,7 @@ class Master:
 
     def stop(self, graceful):
         """Stop every generation; each stops its own workers. Return 0."""
+        notify.stopping()
         generations = [g for g in (self.serving, self.booting, *self.stopping) if g is not None]
         for generation in generations:
             self.signal_generation(generation, signal.SIGTERM if graceful else signal.SIGQUIT)

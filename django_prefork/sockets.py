@@ -66,6 +66,23 @@ def set_io_timeout(sock, seconds):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
 
+def queued_connections(listeners, fallback):
+    """Connections waiting in the listen queues now: what a TERM still serves.
+
+    Linux reports a TCP listener's accept queue length in tcp_info's
+    tcpi_unacked; elsewhere (and for unix sockets) take `fallback` and let
+    EAGAIN say when the queue is empty.
+    """
+    total = 0
+    for listener in listeners:
+        try:
+            info = listener.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+            total += struct.unpack_from("I", info, 24)[0]
+        except (OSError, AttributeError, struct.error):
+            return fallback
+    return total
+
+
 def _defer_accept(sock, seconds):
     # Linux hands the connection to accept() only once the client has sent
     # bytes, so a worker never sits blocked on a preconnect that says nothing.

@@ -12,11 +12,13 @@ import os
 import select
 import signal
 import sys
+import time
 import traceback
 from socket import SOCK_STREAM
 
 from . import heartbeat
-from .signals import drain, signal_wakeup_pipe
+from .signals import die_with_parent, drain, signal_wakeup_pipe
+from .sockets import queued_connections
 from .wsgi import Server, serve
 
 log = logging.getLogger("django_prefork")
@@ -63,9 +65,10 @@ class SyncWorker:
         signal.signal(signal.SIGQUIT, self.handle_quit)
         signal.signal(signal.SIGUSR1, self.handle_usr1)
         signal.signal(signal.SIGABRT, self.handle_abort)
+        die_with_parent(signal.SIGTERM)
 
     def handle_term(self, signum, frame):
-        self.alive = False  # finish the request in hand, then leave
+        self.alive = False  # finish the request in hand and those queued, then leave
 
     def handle_quit(self, signum, frame):
         _flush_std_streams()
@@ -79,7 +82,8 @@ class SyncWorker:
     def handle_abort(self, signum, frame):
         # The arbiter found us silent past the timeout: say where we were stuck.
         stack = "".join(traceback.format_stack(frame))
-        log.error("worker %d (pid %d) timed out; it was here:\n%s", self.number, os.getpid(), stack)
+        what = self.heartbeat.describe(time.monotonic(), self.config.timeout)
+        log.error("worker %d %s; the request's stack:\n%s", os.getpid(), what, stack)
         _flush_std_streams()
         os._exit(1)
 
@@ -96,20 +100,28 @@ class SyncWorker:
             gc.collect()
             gc.freeze()
         self.heartbeat.write_status(heartbeat.READY)
+        if self.max_requests:
+            log.info("worker %d (pid %d) will recycle after %d requests", self.number, os.getpid(), self.max_requests)
         return app
 
     def serve_forever(self, app):
         # The C-level accept and socket type: socket.socket's Python wrappers
         # (family enums, io refcounts) cost more per request than the syscalls.
-        servers = [(listener.sock._accept, listener.sock.family.value, Server(app, listener, self.config))
+        servers = [(listener.sock._accept, listener.sock.family.value, Server(app, listener, self.config, self.heartbeat))
                    for listener in self.listeners]
-        notify = self.heartbeat.notify
+        notify, end_request = self.heartbeat.notify, self.heartbeat.end_request
         wait = self.config.timeout / 2 if self.config.timeout else 1.0
         readable = [listener.sock for listener in self.listeners] + [self.wakeup_r]
-        while self.alive:
+        queued = None  # after TERM: how many queued connections we may still take
+        while True:
             notify()
             accepted = False
             for accept, family, server in servers:
+                if not self.alive:
+                    if queued is None:
+                        queued = queued_connections(self.listeners, self.config.backlog)
+                    if queued <= 0:
+                        break
                 try:
                     fd, client = accept()
                 except BlockingIOError:
@@ -120,12 +132,17 @@ class SyncWorker:
                     serve(conn, client, server)
                 finally:
                     conn.close()
+                    end_request()
+                if queued is not None:
+                    queued -= 1
                 self.served += 1
                 if self.max_requests and self.served >= self.max_requests:
                     log.info("worker %d (pid %d) served %d requests; recycling", self.number, os.getpid(), self.served)
                     return
             if accepted:
                 continue  # more may be waiting: no select() after a successful accept
+            if not self.alive:
+                return  # TERM, and nothing (more) queued for us
             if os.getppid() != self.ppid:
                 log.warning("worker %d (pid %d): the arbiter is gone; exiting", self.number, os.getpid())
                 return

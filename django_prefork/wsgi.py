@@ -60,8 +60,9 @@ class FileWrapper:
 class Server:
     """What every request of one worker shares: app, limits, prepared environ."""
 
-    def __init__(self, app, listener, config):
+    def __init__(self, app, listener, config, heartbeat):
         self.app = app
+        self.start_request = heartbeat.start_request  # names the request if it hangs
         self.client_timeout = config.client_timeout
         self.limits = Limits(
             config.limit_request_line,
@@ -93,6 +94,7 @@ def serve(conn, client, server):
         set_io_timeout(conn, server.client_timeout)  # unix sockets do not inherit it
     try:
         request, parser = read_request(conn, server.limits, server.client_timeout)
+        server.start_request(request.method, request.target)
         environ = build_environ(server, request, client)
         environ["wsgi.input"] = Body(conn, request, parser)
     except ClientGone:

@@ -67,8 +67,8 @@ def test_stopped_worker_is_killed_after_timeout_and_replaced(serve):
     (victim,) = server.wait_workers(1)
     assert server.get()[0] == 200  # booted and serving
     os.kill(victim, signal.SIGSTOP)
-    server.wait_for(rf"worker 1 \(pid {victim}\) timed out after \d s", timeout=10)
-    server.wait_for(rf"worker 1 \(pid {victim}\) was killed with SIGKILL after its timeout", timeout=10)
+    server.wait_for(rf"worker {victim} timed out after \d s while idle; sending SIGABRT", timeout=10)
+    server.wait_for(rf"worker 1 \(pid {victim}\) was killed with SIGKILL: it did not answer SIGABRT", timeout=10)
     (replacement,) = wait_until(lambda: [p for p in server.worker_pids() if p != victim], timeout=10)
     assert int(server.get()[1]) == replacement
 
@@ -80,9 +80,10 @@ def test_request_outliving_the_timeout_kills_its_worker(serve):
     with pytest.raises(ConnectionError):  # http.client.RemoteDisconnected is one
         server.get("/slow?s=30", timeout=20)
     assert time.monotonic() - started < 10
-    server.wait_for(rf"worker 1 \(pid {victim}\) timed out")
+    server.wait_for(rf"worker {victim} timed out after \d s serving GET /slow\?s=30; sending SIGABRT")
     # The worker's own report names where the request was stuck.
-    server.wait_for(r"timed out; it was here:(.|\n)*views\.py")
+    server.wait_for(rf"worker {victim} timed out after \d s serving GET /slow\?s=30; the request's stack:"
+                    r'(.|\n)*fixtureapp/views\.py", line \d+, in slow')
     wait_until(lambda: not alive(victim))
     assert server.get()[0] == 200
 
@@ -98,6 +99,7 @@ def test_term_lets_a_slow_request_finish_and_leaves_nothing(serve):
     thread.join(5)
     assert result["r"][0] == 200 and result["r"][1].startswith(b"slept in")
     wait_until(lambda: not any(alive(p) for p in workers), timeout=5)
+    assert "crashed" not in server.output and "exited with code" not in server.output
 
 
 def test_int_stops_at_once(serve):

@@ -7,4 +7,8 @@ urlpatterns = [
     path("slow", views.slow),
     path("echo", views.echo),
     path("environ", views.environ),
+    path("csleep", views.csleep),
+    path("shared", views.shared),
+    path("secure", views.secure),
+    path("count", views.count),
 ]

@@ -23,3 +23,38 @@ def echo(request):
 
 def environ(request):
     return JsonResponse({k: v for k, v in request.META.items() if isinstance(v, (str, int, bool))})
+
+
+def csleep(request):
+    """Stuck in C code: like a C extension looping without returning to Python.
+
+    libc's sleep() alone would return early on SIGABRT and let the Python
+    handler run; with SIGABRT blocked, the signal waits as it would behind a
+    C loop that never checks for signals.
+    """
+    import ctypes
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGABRT})
+    ctypes.CDLL(None).sleep(int(request.GET.get("s", "30")))
+    return HttpResponse("woke up")
+
+
+def shared(request):
+    """This worker's memory as /proc sees it: what it shares with its siblings."""
+    with open("/proc/self/smaps_rollup") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line and not line.startswith("0"))
+    kib = {k.strip(): int(v.split()[0]) for k, v in fields.items() if v.strip().endswith("kB")}
+    return JsonResponse(kib)
+
+
+def secure(request):
+    return JsonResponse({"is_secure": request.is_secure(), "host": request.get_host()})
+
+
+@csrf_exempt
+def count(request):
+    total = 0
+    while chunk := request.read(65536):
+        total += len(chunk)
+    return JsonResponse({"received": total})
