@@ -20,6 +20,7 @@ tries again. The master runs no thread; it forwards TTIN, TTOU and USR1 to
 the serving generation, and TERM, INT and QUIT to all of them.
 """
 
+import gc
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import time
 
 from django.utils.autoreload import get_child_arguments
 
-from . import notify
+from . import notify, proctitle
 from .arbiter import HANDLED_SIGNALS, Arbiter, HaltServer
 from .signals import close_wakeup_pipe, signal_wakeup_pipe, wait
 
@@ -71,6 +72,7 @@ class Master:
         """Serve until TERM, INT or QUIT; return the exit status."""
         self.wakeup = signal_wakeup_pipe()
         self.wakeup_r = self.wakeup[0]
+        proctitle.set_title(f"runprefork master [{self.name}]")
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, lambda signum, frame: self.signals.append(signum))
         try:
@@ -118,6 +120,9 @@ class Master:
     # -- generations -----------------------------------------------------------
 
     def fork_first_generation(self):
+        if self.config.gc_freeze:
+            gc.collect()
+            gc.freeze()  # the generation's own collections then leave our pages unwritten
         ready_r, ready_w = os.pipe()
         self.generations += 1
         pid = os.fork()

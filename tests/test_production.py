@@ -134,3 +134,18 @@ def test_a_worker_exits_when_its_arbiter_dies(serve):
     os.kill(arbiter, signal.SIGKILL)
     # With a 60 s timeout the getppid() check would take 30 s: PR_SET_PDEATHSIG is faster.
     wait_until(lambda: not any(alive(p) for p in workers), timeout=5, message="orphaned workers to exit")
+
+
+def test_process_titles(serve):
+    pytest.importorskip("setproctitle")
+    server = serve(settings={"PREFORK_WORKERS": 2})
+    workers = server.wait_workers(2)
+    (arbiter,) = server.arbiter_pids()
+
+    def title(pid):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode().strip()
+
+    assert title(server.pid) == "runprefork master [tests]"
+    assert title(arbiter) == "runprefork arbiter [tests] generation 1"
+    assert sorted(title(w) for w in workers) == ["runprefork worker 1 [tests]", "runprefork worker 2 [tests]"]
