@@ -80,7 +80,8 @@ class Arbiter:
                 self.load_app = lambda: app
             self.maintain_worker_count()
             while True:
-                self.sleep()
+                # Look more often while workers boot: the master waits on their readiness.
+                self.sleep(0.1 if any(not w.ready for w in self.workers.values()) else 1.0)
                 stop = self.process_signals()
                 if stop is not None:
                     self.stop(graceful=stop)
