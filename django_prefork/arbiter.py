@@ -228,8 +228,11 @@ class Arbiter:
     def report_death(self, w, status):
         who = f"worker {w.number} (pid {w.pid})"
         code = os.waitstatus_to_exitcode(status)
-        if code == BOOT_ERROR:
-            _, error = w.heartbeat.read_status()
+        current = w.heartbeat.current_request()
+        if code and current and not w.killed:
+            who += f" (serving {current[0]})"  # the one request its death cost
+        state, error = w.heartbeat.read_status()
+        if code == BOOT_ERROR and state == heartbeat.BOOT_FAILED:
             if not self.booted:
                 raise HaltServer(f"{who} could not load the application:\n{error}")
             log.error("%s could not load the application; retrying in a second:\n%s", who, error)

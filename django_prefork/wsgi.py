@@ -116,9 +116,8 @@ def serve(conn, client, server):
         return
     except Exception:
         log.exception("Error serving %s %s", environ["REQUEST_METHOD"], environ["RAW_URI"])
-        if response.head_sent:
-            return  # too late for a 500: closing the connection tells the client
-        request.error = request.error or HTTPError(500, "Internal Server Error")
+        if not response.head_sent:  # after it, closing the connection tells the client
+            request.error = request.error or HTTPError(500, "Internal Server Error")
     line = _request_line(environ)
     if request.error is not None and not response.head_sent:
         answer_error(conn, request.error, server, line)

@@ -37,12 +37,19 @@ def test_bad_arguments_are_command_errors(argv, message):
         call_command("runprefork", *argv)
 
 
-def test_socket_activation_serves_on_an_fd_it_did_not_bind(tmp_path):
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_socket_activation_serves_on_an_fd_it_did_not_bind(tmp_path, family):
     """A stand-in for systemd: bind, put the socket on fd 3, set LISTEN_*, exec runprefork."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
+    if family == "unix":
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(tmp_path / "activated.sock"))
+        where = f"unix:{tmp_path / 'activated.sock'}"
+    else:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        where = f"http://127.0.0.1:{listener.getsockname()[1]}/"
     listener.listen(16)
-    port = listener.getsockname()[1]
+    address = listener.getsockname()
     launcher = textwrap.dedent(f"""
         import os, sys
         os.dup2({listener.fileno()}, 3)
@@ -54,6 +61,7 @@ def test_socket_activation_serves_on_an_fd_it_did_not_bind(tmp_path):
                PYTHONUNBUFFERED="1", PREFORK_TEST_SETTINGS=json.dumps({"PREFORK_WORKERS": 1}))
     proc = subprocess.Popen([sys.executable, "-c", launcher], env=env, cwd=REPO, pass_fds=[listener.fileno()],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    family_ = listener.family
     listener.close()  # only the server holds it now
     try:
         banner = ""
@@ -61,12 +69,16 @@ def test_socket_activation_serves_on_an_fd_it_did_not_bind(tmp_path):
             line = proc.stdout.readline()
             assert line, banner
             banner += line
-        assert f"Starting prefork server at http://127.0.0.1:{port}/" in banner
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert f"Starting prefork server at {where}" in banner
+        with socket.socket(family_) as sock:
+            sock.settimeout(10)
+            sock.connect(address)
             sock.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(100).startswith(b"HTTP/1.1 200 OK")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+        if family == "unix":
+            assert (tmp_path / "activated.sock").exists()  # systemd's socket: not ours to remove
     finally:
         proc.kill()
         proc.wait()

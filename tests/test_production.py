@@ -101,6 +101,22 @@ def test_five_kill_9s_under_load_lose_at_most_five_requests(serve):
     assert outcomes.count(200) > 50
 
 
+@pytest.mark.parametrize("how, logged", [
+    ("7", "exited with code 7"),
+    ("3", "exited with code 3"),  # the boot-error code, but after booting: no halt
+    ("segv", "was killed by SIGSEGV"),
+])
+def test_a_worker_dying_on_its_own_is_replaced_at_once(serve, how, logged):
+    server = serve(settings={"PREFORK_WORKERS": 1})
+    (victim,) = server.wait_workers(1)
+    with pytest.raises(ConnectionError):
+        server.get(f"/die?how={how}")
+    server.wait_for(rf"worker 1 \(pid {victim}\) \(serving GET /die\?how={how}\) {logged}")
+    (replacement,) = wait_until(lambda: [p for p in server.worker_pids() if p != victim])
+    assert int(server.get()[1]) == replacement
+    assert server.proc.poll() is None
+
+
 def test_sd_notify_ready_reloading_stopping(serve, tmp_path):
     path = str(tmp_path / "notify.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

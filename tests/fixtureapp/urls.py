@@ -11,4 +11,5 @@ urlpatterns = [
     path("shared", views.shared),
     path("secure", views.secure),
     path("count", views.count),
+    path("die", views.die),
 ]

@@ -58,3 +58,13 @@ def count(request):
     while chunk := request.read(65536):
         total += len(chunk)
     return JsonResponse({"received": total})
+
+
+def die(request):
+    """A worker dying by its own hand: os._exit (code 3 included) or a segfault."""
+    how = request.GET["how"]
+    if how == "segv":
+        import ctypes
+
+        ctypes.string_at(0)
+    os._exit(int(how))
