@@ -209,11 +209,12 @@ class Arbiter:
             os.close(self.ready_fd)
             self.ready_fd = None
 
-    def reap_workers(self):
+    def reap_workers(self, stopping=False):
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
+                self.workers.clear()  # no children left: none of them runs
                 return
             if not pid:
                 return
@@ -221,7 +222,12 @@ class Arbiter:
             if w is None:
                 continue
             try:
-                self.report_death(w, status)
+                if stopping:
+                    code = os.waitstatus_to_exitcode(status)
+                    if code not in (0, -signal.SIGTERM, -signal.SIGQUIT, -signal.SIGINT):
+                        log.warning("worker %d (pid %d) ended with %s while stopping", w.number, pid, code)
+                else:
+                    self.report_death(w, status)
             finally:
                 w.heartbeat.close()
 
@@ -299,7 +305,7 @@ class Arbiter:
         self.kill_workers(signal.SIGTERM if graceful else signal.SIGQUIT)
         deadline = time.monotonic() + (self.config.graceful_timeout if graceful else QUICK_STOP_WAIT)
         while self.workers and time.monotonic() < deadline:
-            self.reap_quietly()
+            self.reap_workers(stopping=True)
             if self.workers:
                 self.sleep(0.1)
             if graceful and {signal.SIGINT, signal.SIGQUIT} & set(self.signals):
@@ -316,19 +322,3 @@ class Arbiter:
                 w.heartbeat.close()
         for listener in self.listeners:
             listener.close(unlink=False)  # the master owns the socket file
-
-    def reap_quietly(self):
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                self.workers.clear()
-                return
-            if not pid:
-                return
-            w = self.workers.pop(pid, None)
-            if w is not None:
-                code = os.waitstatus_to_exitcode(status)
-                if code not in (0, -signal.SIGTERM, -signal.SIGQUIT, -signal.SIGINT):
-                    log.warning("worker %d (pid %d) ended with %s while stopping", w.number, pid, code)
-                w.heartbeat.close()

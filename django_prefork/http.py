@@ -323,7 +323,3 @@ class Body:
         if not line:
             raise StopIteration
         return line
-
-    def at_end(self):
-        """True when the whole body has been received (nothing left unread on the wire)."""
-        return self._request.complete

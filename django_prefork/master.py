@@ -48,7 +48,6 @@ class Generation:
         self.workers = workers
         self.ready = False
         self.started = time.monotonic()
-        self.exit_code = None
 
     def __str__(self):
         return f"generation {self.number} (pid {self.pid})"
