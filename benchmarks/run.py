@@ -345,12 +345,14 @@ def main():
         memory = {} if args.no_memory else measure_memory(args, env, load)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     text = report(args, results, first_200, memory, loader)
+    # A quick run is a check, not a result: it leaves the last full report alone.
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
-    for name in (f"{stamp}.md", "latest.md"):
+    latest = "quick" if args.quick else "latest"
+    for name in ((latest + ".md",) if args.quick else (f"{stamp}.md", "latest.md")):
         with open(os.path.join(HERE, "results", name), "w") as f:
             f.write(text)
-    png = chart(os.path.join(HERE, "results", "latest.png"), args, results)
-    with open(os.path.join(HERE, "results", "latest.json"), "w") as f:
+    png = chart(os.path.join(HERE, "results", latest + ".png"), args, results)
+    with open(os.path.join(HERE, "results", latest + ".json"), "w") as f:
         json.dump({f"{s}|{n}": r for (s, n), r in results.items()}, f, indent=1)
     print(text)
     if png:
