@@ -57,8 +57,8 @@ class PreforkServer:
 
 class Command(StaticfilesRunserver):
     help = (
-        "Starts a prefork server: an arbiter process binds the socket and forks "
-        "sync worker processes that serve the project's WSGI application."
+        "Starts a prefork server: this process binds the socket, and an arbiter forks "
+        "sync worker processes that serve the project's WSGI application. HUP reloads."
     )
 
     def add_arguments(self, parser):
