@@ -194,8 +194,8 @@ class Arbiter:
         for other in self.workers.values():
             other.heartbeat.close()
         proctitle.set_title(f"runprefork worker {number} [{self.name}]")
-        worker = SyncWorker(number, ppid, self.listeners, beat, self.config, self.load_app)
-        worker.run(max_requests)  # never returns
+        worker = SyncWorker(number, ppid, self.listeners, beat, self.config, self.load_app, max_requests)
+        worker.run()  # never returns
 
     def notice_booted_workers(self):
         for w in self.workers.values():

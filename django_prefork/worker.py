@@ -27,7 +27,7 @@ BOOT_ERROR = 3  # exit code: the app could not be loaded
 
 
 class SyncWorker:
-    def __init__(self, number, ppid, listeners, beat, config, load_app):
+    def __init__(self, number, ppid, listeners, beat, config, load_app, max_requests):
         self.number = number
         self.ppid = ppid
         self.listeners = listeners
@@ -36,12 +36,11 @@ class SyncWorker:
         self.load_app = load_app
         self.alive = True
         self.served = 0
-        self.max_requests = 0
+        self.max_requests = max_requests  # this worker's own, jitter included; 0 = never
 
-    def run(self, max_requests):
+    def run(self):
         code = 0
         try:
-            self.max_requests = max_requests
             self.init_signals()
             app = self.boot()
             self.serve_forever(app)

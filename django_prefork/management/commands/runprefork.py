@@ -127,10 +127,7 @@ class Command(StaticfilesRunserver):
     # -- called back by runserver's inner_run through PreforkServer -------------
 
     def bind(self, server_address, ipv6):
-        problems = [conf.describe(s, v) for s, v in conf.problems(self.overrides)]
-        if problems:  # reachable with --skip-checks only
-            raise CommandError(" ".join(problems))
-        self.config = conf.Config.load(self.overrides)
+        self.config = load_config(self.overrides)
         self.listeners = sockets.systemd_listeners()
         if not self.listeners:
             if self.unix_path:
@@ -184,11 +181,7 @@ class Command(StaticfilesRunserver):
         configure_logging()
         if not options["skip_checks"]:
             self.check()  # errors: SystemCheckError, exit 1; the master keeps the old code
-        overrides = dict(self.overrides, PREFORK_WORKERS=spec["workers"])
-        problems = [conf.describe(s, v) for s, v in conf.problems(overrides)]
-        if problems:
-            raise CommandError(" ".join(problems))
-        config = conf.Config.load(overrides)
+        config = load_config(dict(self.overrides, PREFORK_WORKERS=spec["workers"]))
         listeners = [sockets.Listener(socket.socket(fileno=fd), inherited=True) for fd in spec["listen_fds"]]
         load_app = self.get_handler(**options)
         try:
@@ -197,6 +190,14 @@ class Command(StaticfilesRunserver):
             raise CommandError(str(exc)) from None
         if status:
             sys.exit(status)
+
+
+def load_config(overrides):
+    """The run's Config; bad values (reachable past --skip-checks) are a CommandError."""
+    problems = [conf.describe(s, v) for s, v in conf.problems(overrides)]
+    if problems:
+        raise CommandError(" ".join(problems))
+    return conf.Config.load(overrides)
 
 
 def project_name():
