@@ -1,6 +1,8 @@
 """--pidfile: written once the socket is bound, removed when the server ends."""
 
+import contextlib
 import os
+import tempfile
 
 
 def live_pid(path):
@@ -22,11 +24,24 @@ def live_pid(path):
 
 
 def write(path):
-    # Write aside then rename, so a reader never sees a half-written pid.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
+    """Write our pid to `path`, never through a symlink or over another file.
+
+    The pid goes to a fresh file beside `path` (mkstemp: O_EXCL, so a
+    symlink planted under a guessable name cannot redirect the write), then
+    is renamed over `path`, which replaces a symlink there rather than
+    following it. A reader never sees a half-written pid.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide it from a monitoring user
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def remove(path):

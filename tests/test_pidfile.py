@@ -1,0 +1,28 @@
+"""--pidfile: never written through a symlink or over a planted file (SPEC §2)."""
+
+import os
+
+from django_prefork import pidfile
+
+
+def test_a_planted_symlink_at_the_old_temp_name_is_not_followed(tmp_path, monkeypatch):
+    victim = tmp_path / "victim"
+    victim.write_text("root's own file\n")
+    path = tmp_path / "prefork.pid"
+    monkeypatch.setattr(os, "getpid", lambda: 4242)
+    os.symlink(victim, tmp_path / "prefork.pid.4242.tmp")  # the name the first version wrote to
+    pidfile.write(str(path))
+    assert victim.read_text() == "root's own file\n"
+    assert path.read_text() == "4242\n" and not path.is_symlink()
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prefork.pid", "prefork.pid.4242.tmp", "victim"]
+
+
+def test_the_server_replaces_a_symlink_at_the_pidfile_path(serve, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    path = tmp_path / "server.pid"
+    os.symlink(victim, path)
+    server = serve("--pidfile", str(path))
+    assert victim.read_text() == "keep me\n"
+    assert not path.is_symlink() and int(path.read_text()) == server.pid
