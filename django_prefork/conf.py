@@ -90,6 +90,7 @@ SETTINGS = (
     Setting("PREFORK_WORKER_TMP_DIR", "prefork.E013", default_tmp_dir, _writable_dir),
     Setting("PREFORK_RELOAD", "prefork.E014", _debug, _bool),
     Setting("PREFORK_ACCESS_LOG", "prefork.E015", _debug, _bool),
+    Setting("PREFORK_CLIENT_MIN_RATE", "prefork.E016", 4096, _int(0)),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -132,6 +133,7 @@ class Config:
     worker_tmp_dir: str
     reload: bool
     access_log: bool
+    client_min_rate: int
 
     @classmethod
     def load(cls, overrides=None):

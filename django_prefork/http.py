@@ -2,25 +2,44 @@
 
 Theory of operation
 -------------------
+A connection carries exactly one request. The parser is stopped at the end
+of the first message (`on_message_complete` raises `_MessageEnd`, which
+llhttp obeys at once), so whatever the client sent after it (a pipelined
+request, excess body bytes, anything after an HTTP/1.0 request) is never
+parsed into the request and never reaches the app: method, version and
+upgrade flag are captured when the head completes, the target only before
+it. The bytes left unread are drained by the server before it closes.
+
 llhttp, in its strict default, already refuses most smuggling vectors:
 Content-Length with Transfer-Encoding, duplicate or signed lengths, obs-fold,
 bare CR or LF, controls in field values, bad chunk framing. What it leaves to
 its caller, this module does:
 
 * limits: llhttp has none, so the read loop caps the request target, the
-  number and size of header lines and the bytes of the whole head;
-* the rules of RFC 9112 it does not know: exactly one Host on HTTP/1.1, no
-  chunked on HTTP/1.0, chunked last, 501 for codings we cannot decode, 505
-  for versions other than 1.0 and 1.1, no CONNECT or authority-form target;
+  number and size of header lines and the bytes of the whole head; trailers
+  share the header budget, and chunked framing or a trailer line that makes
+  no progress for longer than a header line may be is cut off (431) before
+  httptools, which buffers a field until it ends, can grow with it;
+* the rules of RFC 9112 it does not know: exactly one Host, at most one
+  Content-Type, no chunked on HTTP/1.0, chunked last, 501 for codings we
+  cannot decode and for methods it does not know, 505 for versions other
+  than 1.0 and 1.1, no CONNECT or authority-form target;
+* Upgrade, which httptools turns into "no body": we never switch protocols,
+  so the body is framed by a second parser (`_body_parser`) as if the
+  Upgrade field were not there;
 * the request target, split here rather than by httptools.parse_url (it wraps
-  an unmaintained parser);
-* trailers, which llhttp reports like headers: checked, never kept.
+  an unmaintained parser).
 
-The body is fed through the same parser as the client sends it, so chunked
-framing is decoded by llhttp and `Body.read()` only ever holds what one
-recv() brought: an upload of any size keeps the worker's memory flat.
+Bodies. A Content-Length body is read straight from the socket (the parser
+has nothing to add to it); a chunked one is fed through llhttp as it comes.
+Either way `Body` holds only what the app has not read yet: an upload read
+in pieces keeps the worker flat, and one read whole (`read()`) costs one
+buffer of its size, filled in place. A body slower than
+`PREFORK_CLIENT_MIN_RATE` once its first client timeout is over is answered
+408 (`_Clock`): the worker is freed long before the watchdog's timeout.
 """
 
+import io
 import re
 import time
 from urllib.parse import unquote_to_bytes
@@ -30,10 +49,14 @@ import httptools
 from .sockets import set_io_timeout
 
 RECV_SIZE = 65536
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 FORBIDDEN_TRAILERS = frozenset(
     (b"content-length", b"transfer-encoding", b"host", b"content-type", b"content-encoding")
 )
+_HEAD_END = b"\r\n\r\n"
+# Where body bytes land off the socket before the parser or the app's buffer
+# takes them: one per process, as a worker serves one request at a time.
+_SCRATCH = memoryview(bytearray(RECV_SIZE))
 
 
 class HTTPError(Exception):
@@ -49,21 +72,45 @@ class ClientGone(Exception):
     """The client closed or went silent before saying anything worth an answer."""
 
 
+class _MessageEnd(Exception):
+    """Raised from on_message_complete: llhttp stops before the next message."""
+
+
+class Limits:
+    __slots__ = ("request_line", "fields", "field_size", "head", "client_timeout", "min_rate")
+
+    def __init__(self, request_line, fields, field_size, client_timeout=10, min_rate=0):
+        self.request_line = request_line
+        self.fields = fields
+        self.field_size = field_size
+        # Bounds what llhttp buffers for a header line that never ends.
+        self.head = request_line + 16 + fields * (field_size + 2) + 2
+        self.client_timeout = client_timeout
+        self.min_rate = min_rate  # body bytes/s owed once client_timeout is spent; 0 = no minimum
+
+
 class Request:
-    """The parser's callbacks, collecting one request's head into plain fields."""
+    """The parser's callbacks, collecting one request into plain fields."""
 
     def __init__(self, limits):
         self.limits = limits
+        self.parser = None
         self.method = b""
         self.target = b""
         self.version = "1.1"
         self.headers = []  # (name lowercased, value) in arrival order
         self.host_count = 0
+        self.content_type_seen = False
+        self.content_length = None
         self.chunked = False
+        self.upgrade = False
         self.expect_continue = False
         self.headers_complete = False
         self.complete = False
-        self.body = bytearray()
+        self.trailers = 0
+        self.progress = False  # a body byte or a whole trailer arrived in this feed
+        self.body = bytearray()  # decoded body bytes the app has not read yet
+        self.sink = self.body.extend
         self.error = None  # an HTTPError met after the head, while reading the body
 
     # -- httptools callbacks -------------------------------------------------
@@ -75,7 +122,7 @@ class Request:
 
     def on_header(self, name, value):
         if self.headers_complete:
-            return self._on_trailer(name)
+            return self._on_trailer(name, value)
         if len(self.headers) >= self.limits.fields:
             raise HTTPError(431, "Too many header fields")
         if len(name) + len(value) + 2 > self.limits.field_size:
@@ -83,6 +130,12 @@ class Request:
         name = name.lower()
         if name == b"host":
             self.host_count += 1
+        elif name == b"content-type":
+            if self.content_type_seen:
+                raise HTTPError(400, "More than one Content-Type header")
+            self.content_type_seen = True
+        elif name == b"content-length":
+            self.content_length = int(value)  # llhttp has checked it is one number
         elif name == b"transfer-encoding":
             self._check_codings(value)
         elif name == b"expect":
@@ -92,19 +145,26 @@ class Request:
         self.headers.append((name, value))
 
     def on_headers_complete(self):
+        # The first message's, whatever follows it in the same packet.
+        parser = self.parser
+        self.method = parser.get_method()
+        self.version = parser.get_http_version()
+        self.upgrade = parser.should_upgrade() and self.method != b"CONNECT"
         self.headers_complete = True
 
     def on_body(self, data):
-        self.body += data
+        self.progress = True
+        self.sink(data)
 
     def on_message_complete(self):
         self.complete = True
+        raise _MessageEnd
 
     # -- rules llhttp leaves to us ---------------------------------------------
 
     def _check_codings(self, value):
         codings = [c.strip(b" \t").lower() for c in value.split(b",")]
-        if not all(_TOKEN.match(c) for c in codings):
+        if not all(TOKEN.match(c) for c in codings):
             raise HTTPError(400, "Bad Transfer-Encoding")
         if self.chunked or b"chunked" in codings[:-1]:
             raise HTTPError(400, "chunked must be the last transfer coding")
@@ -112,13 +172,17 @@ class Request:
             raise HTTPError(501, "Unsupported transfer coding")
         self.chunked = True
 
-    def _on_trailer(self, name):
+    def _on_trailer(self, name, value):
+        self.progress = True
+        self.trailers += 1
+        if len(self.headers) + self.trailers > self.limits.fields:
+            raise HTTPError(431, "Too many header and trailer fields")
+        if len(name) + len(value) + 2 > self.limits.field_size:
+            raise HTTPError(431, "Trailer field too long")
         if name.lower() in FORBIDDEN_TRAILERS:
             raise HTTPError(400, "Forbidden trailer field")
 
-    def check_head(self, parser):
-        self.method = parser.get_method()
-        self.version = parser.get_http_version()
+    def check_head(self):
         if self.version not in ("1.1", "1.0"):
             raise HTTPError(505, "HTTP Version Not Supported")
         if self.version == "1.1" and self.host_count != 1:
@@ -131,27 +195,57 @@ class Request:
             raise HTTPError(405, "CONNECT is not supported")
 
 
-class Limits:
-    __slots__ = ("request_line", "fields", "field_size", "head")
+class _BodyOnly:
+    """Callbacks of the parser that frames an Upgrade request's body."""
 
-    def __init__(self, request_line, fields, field_size):
-        self.request_line = request_line
-        self.fields = fields
-        self.field_size = field_size
-        # Bounds what llhttp buffers for a header line that never ends.
-        self.head = request_line + 16 + fields * (field_size + 2) + 2
+    def __init__(self, request):
+        self.request = request
+        self.in_body = False
+
+    def on_headers_complete(self):
+        self.in_body = True
+
+    def on_header(self, name, value):
+        if self.in_body:
+            self.request.on_header(name, value)
+
+    def on_body(self, data):
+        self.request.on_body(data)
+
+    def on_message_complete(self):
+        self.request.on_message_complete()
+
+
+def _body_parser(request, rest):
+    """A parser for the body of an Upgrade request: the head it saw said "no body".
+
+    It is primed with a head carrying only the framing, then fed the bytes
+    that followed the real head.
+    """
+    parser = httptools.HttpRequestParser(_BodyOnly(request))
+    request.complete = False
+    framing = b"Transfer-Encoding: chunked" if request.chunked else b"Content-Length: %d" % (request.content_length or 0)
+    _feed(parser, request, b"POST / HTTP/1.1\r\nHost: x\r\n" + framing + _HEAD_END)
+    if rest and not request.complete:
+        _feed(parser, request, rest)
+    return parser
 
 
 def _feed(parser, request, data):
     try:
         parser.feed_data(data)
-    except httptools.HttpParserUpgrade:
-        # Upgrade and CONNECT: llhttp stops at the head; we never switch protocols.
-        request.complete = True
     except httptools.HttpParserCallbackError as exc:
+        if isinstance(exc.__context__, _MessageEnd):
+            return
         if isinstance(exc.__context__, HTTPError):
             raise exc.__context__ from None
         raise
+    except httptools.HttpParserInvalidMethodError:
+        # RFC 9110 §9.1: a well-formed method we do not know is 501, not 400.
+        method = b"" if request.headers_complete else bytes(data).split(b" ", 1)[0]
+        if method and TOKEN.match(method):
+            raise HTTPError(501, "Method Not Implemented") from None
+        raise HTTPError(400, "Invalid method") from None
     except httptools.HttpParserError as exc:
         message = str(exc)
         if "HTTP version" in message:
@@ -159,16 +253,17 @@ def _feed(parser, request, data):
         raise HTTPError(400, message) from None
 
 
-def read_request(sock, limits, client_timeout):
-    """Read one request head from `sock`; return (request, parser).
+def read_request(sock, limits):
+    """Read one request head from `sock`; return the Request.
 
     `sock` is blocking with kernel timeouts (SO_RCVTIMEO: see sockets.py).
-    The whole head must arrive within `client_timeout` of its first bytes: a
+    The whole head must arrive within the client timeout of its first bytes: a
     client trickling one header a second cannot hold a worker longer than that.
     """
     request = Request(limits)
-    parser = httptools.HttpRequestParser(request)
+    parser = request.parser = httptools.HttpRequestParser(request)
     received = 0
+    pieces = []
     deadline = None
     while True:
         try:
@@ -184,6 +279,7 @@ def read_request(sock, limits, client_timeout):
                 raise HTTPError(400, "Incomplete request head")
             raise ClientGone()
         received += len(data)
+        pieces.append(data)
         _feed(parser, request, data)
         if request.headers_complete:
             break
@@ -191,15 +287,18 @@ def read_request(sock, limits, client_timeout):
             raise HTTPError(431, "Request header fields too large")
         # The head came in pieces (rare): bound the next recv by what is left.
         if deadline is None:
-            deadline = time.monotonic() + client_timeout
+            deadline = time.monotonic() + limits.client_timeout
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise HTTPError(408, "Request Timeout")
         set_io_timeout(sock, remaining)
     if deadline is not None:
-        set_io_timeout(sock, client_timeout)
-    request.check_head(parser)
-    return request, parser
+        set_io_timeout(sock, limits.client_timeout)
+    request.check_head()
+    if request.upgrade:
+        data = b"".join(pieces)
+        request.parser = _body_parser(request, data[data.index(_HEAD_END) + 4:])
+    return request
 
 
 def split_target(method, target):
@@ -236,6 +335,53 @@ def decode_path(path):
     return path.decode("latin-1")
 
 
+class _Clock:
+    """PREFORK_CLIENT_MIN_RATE: the time a body may keep the worker waiting.
+
+    Apache mod_reqtimeout's MinRate: the client timeout, plus one second for
+    every `min_rate` bytes received. Only time spent waiting in recv counts,
+    so an app that is slow to read never makes its client look slow. When
+    less than a client timeout is left, the kernel's own recv timeout is
+    lowered to what is left, so the 408 comes on time even for a client
+    sending a byte now and then.
+    """
+
+    __slots__ = ("sock", "limits", "waited", "received", "lowered")
+
+    def __init__(self, sock, limits):
+        self.sock = sock
+        self.limits = limits
+        self.waited = 0.0
+        self.received = 0
+        self.lowered = False
+
+    def recv_into(self, view):
+        started = time.monotonic()
+        try:
+            count = self.sock.recv_into(view)
+        except BlockingIOError:  # SO_RCVTIMEO: the client stalled mid-body
+            raise _slow() from None
+        finally:
+            self.waited += time.monotonic() - started
+        self.received += count
+        limits = self.limits
+        if limits.min_rate:
+            left = limits.client_timeout + self.received / limits.min_rate - self.waited
+            if left <= 0:
+                raise _slow()
+            if left < limits.client_timeout:
+                set_io_timeout(self.sock, left)
+                self.lowered = True
+            elif self.lowered:
+                set_io_timeout(self.sock, limits.client_timeout)
+                self.lowered = False
+        return count
+
+
+def _slow():
+    return TimeoutError("the client sent the body too slowly (PREFORK_CLIENT_TIMEOUT, PREFORK_CLIENT_MIN_RATE)")
+
+
 class Body:
     """wsgi.input: the request body, read from the socket only as the app asks.
 
@@ -243,44 +389,107 @@ class Body:
     rejects a request early never makes the client send its upload.
     """
 
-    def __init__(self, sock, request, parser):
+    def __init__(self, sock, request):
         self._sock = sock
         self._request = request
-        self._parser = parser
+        self._clock = None  # made on the first recv: most requests have no body
         self._continue_pending = request.expect_continue and not request.complete
+        self._stalled = 0  # bytes fed to the parser since a body byte or trailer came out
+        if request.chunked or request.complete:
+            self._left = None  # framed by the parser
+        else:
+            # Content-Length: the parser is done with it; what it already
+            # passed on (bytes that came with the head) is in request.body.
+            self._left = (request.content_length or 0) - len(request.body)
+            if self._left <= 0:
+                request.complete = True
 
-    def _fill(self):
-        """Bring one more recv() worth of body into the buffer; False at the end."""
+    def _recv_into(self, view):
+        """recv_into for the body, minding 100-continue, a hang-up and the min rate."""
         request = self._request
-        if request.complete or request.error:
-            return False
         if self._continue_pending:
             self._continue_pending = False
             self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self._clock is None:
+            self._clock = _Clock(self._sock, request.limits)
         try:
-            data = self._sock.recv(RECV_SIZE)
-        except BlockingIOError:  # SO_RCVTIMEO: the client stalled mid-body
+            count = self._clock.recv_into(view)
+        except TimeoutError:
             request.error = HTTPError(408, "Request Timeout")
-            raise TimeoutError("the client sent no body bytes within the client timeout") from None
-        if not data:
+            raise
+        if not count:
             request.error = HTTPError(400, "Client closed before the end of the body")
             raise ConnectionAbortedError(request.error.reason)
+        return count
+
+    def _fill(self):
+        """Bring one more recv() worth of body into request.body; False at the end."""
+        request = self._request
+        if request.complete or request.error:
+            return False
+        if self._left is not None:
+            view = _SCRATCH[: min(RECV_SIZE, self._left)]
+            count = self._recv_into(view)
+            request.sink(view[:count])
+            self._left -= count
+            request.complete = not self._left
+            return True
+        count = self._recv_into(_SCRATCH)
+        request.progress = False
         try:
-            _feed(self._parser, request, data)
+            _feed(request.parser, request, _SCRATCH[:count])
         except HTTPError as exc:
             request.error = exc
             raise ConnectionAbortedError(f"Bad request body: {exc.reason}") from None
+        if request.progress or request.complete:
+            self._stalled = 0
+        else:
+            # Chunk framing or a trailer line with no end in sight: httptools
+            # keeps a field whole until it ends, so cut it off here.
+            self._stalled += count
+            if self._stalled > request.limits.field_size + 2:
+                request.error = HTTPError(431, "Trailer or chunk framing too long")
+                raise ConnectionAbortedError(request.error.reason)
         return True
 
-    def read(self, size=-1):
-        buf = self._request.body
-        if size is None or size < 0:
-            while self._fill():
-                pass
-            size = len(buf)
+    def _read_all(self):
+        """read(): one buffer the size of the body, filled in place.
+
+        io.BytesIO hands its buffer over as the bytes object getvalue()
+        returns, so the body is never copied once whole (bytes(bytearray)
+        would briefly hold it twice).
+        """
+        request = self._request
+        out = io.BytesIO()
+        if self._left is not None and self._left > 0:
+            size = len(request.body) + self._left
+            out.seek(size - 1)
+            out.write(b"\0")
+            with out.getbuffer() as view:
+                view[: len(request.body)] = request.body
+                filled = len(request.body)
+                request.body.clear()
+                while filled < size:
+                    filled += self._recv_into(view[filled:])
+            self._left = 0
+            request.complete = True
         else:
-            while len(buf) < size and self._fill():
-                pass
+            out.write(request.body)
+            request.body.clear()
+            request.sink = out.write
+            try:
+                while self._fill():
+                    pass
+            finally:
+                request.sink = request.body.extend
+        return out.getvalue()
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            return self._read_all()
+        buf = self._request.body
+        while len(buf) < size and self._fill():
+            pass
         data = bytes(buf[:size])
         del buf[:size]
         return data

@@ -19,7 +19,7 @@ from socket import SOCK_STREAM
 from . import heartbeat
 from .signals import die_with_parent, drain, signal_wakeup_pipe
 from .sockets import queued_connections
-from .wsgi import Server, serve
+from .wsgi import WorkerContext, serve_connection
 
 log = logging.getLogger("django_prefork")
 
@@ -106,7 +106,7 @@ class SyncWorker:
     def serve_forever(self, app):
         # The C-level accept and socket type: socket.socket's Python wrappers
         # (family enums, io refcounts) cost more per request than the syscalls.
-        servers = [(listener.sock._accept, listener.sock.family.value, Server(app, listener, self.config, self.heartbeat))
+        contexts = [(listener.sock._accept, listener.sock.family.value, WorkerContext(app, listener, self.config, self.heartbeat))
                    for listener in self.listeners]
         notify, end_request = self.heartbeat.notify, self.heartbeat.end_request
         wait = self.config.timeout / 2 if self.config.timeout else 1.0
@@ -115,7 +115,7 @@ class SyncWorker:
         while True:
             notify()
             accepted = False
-            for accept, family, server in servers:
+            for accept, family, context in contexts:
                 if not self.alive:
                     if queued is None:
                         queued = queued_connections(self.listeners, self.config.backlog)
@@ -128,7 +128,7 @@ class SyncWorker:
                 conn = _socket.socket(family, SOCK_STREAM, 0, fd)
                 accepted = True
                 try:
-                    serve(conn, client, server)
+                    serve_connection(conn, client, context)
                 finally:
                     conn.close()
                     end_request()

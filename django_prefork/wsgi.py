@@ -16,7 +16,8 @@ from email.utils import formatdate
 
 from django.utils.log import log_message
 
-from .http import Body, ClientGone, HTTPError, Limits, decode_path, read_request, split_target
+from . import __version__
+from .http import TOKEN, Body, ClientGone, HTTPError, Limits, decode_path, read_request, split_target
 from .sockets import set_io_timeout
 
 log = logging.getLogger("django_prefork")
@@ -26,7 +27,7 @@ HOP_BY_HOP = frozenset(
     ("connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
      "te", "trailer", "trailers", "transfer-encoding", "upgrade")
 )
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+SERVER_SOFTWARE = f"django-prefork/{__version__}"
 _BAD_VALUE = re.compile(r"[\r\n\0]")
 _VALID_NAMES = set()  # header names already checked: apps send the same few
 _LINGER_SECONDS = 1.0
@@ -57,7 +58,7 @@ class FileWrapper:
             yield block
 
 
-class Server:
+class WorkerContext:
     """What every request of one worker shares: app, limits, prepared environ."""
 
     def __init__(self, app, listener, config, heartbeat):
@@ -68,6 +69,8 @@ class Server:
             config.limit_request_line,
             config.limit_request_fields,
             config.limit_request_field_size,
+            config.client_timeout,
+            config.client_min_rate,
         )
         self.access_log = config.access_log
         self.unix = listener.sock.family == socket.AF_UNIX
@@ -77,6 +80,7 @@ class Server:
             "SCRIPT_NAME": "",
             "SERVER_NAME": listener.host,
             "SERVER_PORT": listener.port,
+            "SERVER_SOFTWARE": SERVER_SOFTWARE,
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
             "wsgi.errors": sys.stderr,
@@ -88,23 +92,23 @@ class Server:
         }
 
 
-def serve(conn, client, server):
+def serve_connection(conn, client, context):
     """Serve the one request on `conn`. Never raises for anything a client does."""
-    if server.unix:
-        set_io_timeout(conn, server.client_timeout)  # unix sockets do not inherit it
+    if context.unix:
+        set_io_timeout(conn, context.client_timeout)  # unix sockets do not inherit it
     try:
-        request, parser = read_request(conn, server.limits, server.client_timeout)
-        server.start_request(request.method, request.target)
-        environ = build_environ(server, request, client)
-        environ["wsgi.input"] = Body(conn, request, parser)
+        request = read_request(conn, context.limits)
+        context.start_request(request.method, request.target)
+        environ = build_environ(context, request, client)
+        environ["wsgi.input"] = Body(conn, request)
     except ClientGone:
         return
     except HTTPError as exc:
-        answer_error(conn, exc, server, request_line=None)
+        answer_error(conn, exc, context, request_line=None)
         return
-    response = Response(conn, environ["REQUEST_METHOD"] == "HEAD")
+    response = Response(conn, environ["REQUEST_METHOD"] == "HEAD", request.version == "1.1")
     try:
-        result = server.app(environ, response.start_response)
+        result = context.app(environ, response.start_response)
         try:
             if request.error is None:
                 response.send(result)
@@ -115,30 +119,31 @@ def serve(conn, client, server):
         log.debug("client %s hung up mid-response: %s", environ["REMOTE_ADDR"], exc)
         return
     except Exception:
-        log.exception("Error serving %s %s", environ["REQUEST_METHOD"], environ["RAW_URI"])
+        if request.error is None:  # else the app only met the client's error: answer that
+            log.exception("Error serving %s %s", environ["REQUEST_METHOD"], environ["RAW_URI"])
         if not response.head_sent:  # after it, closing the connection tells the client
             request.error = request.error or HTTPError(500, "Internal Server Error")
     line = _request_line(environ)
     if request.error is not None and not response.head_sent:
-        answer_error(conn, request.error, server, line)
+        answer_error(conn, request.error, context, line)
         return
     if response.short_by:
         log.warning('"%s": response body %d bytes shorter than its Content-Length', line, response.short_by)
-    if server.access_log:
+    if context.access_log:
         log_request(line, response.status_code, response.body_sent)
-    if not request.complete:
+    if not request.complete or _unread_input(conn):
         linger(conn)
 
 
-def build_environ(server, request, client):
+def build_environ(context, request, client):
     path, query, authority = split_target(request.method, request.target)
-    environ = server.base_environ.copy()
+    environ = context.base_environ.copy()
     environ["REQUEST_METHOD"] = request.method.decode("latin-1")
     environ["PATH_INFO"] = decode_path(path)
     environ["QUERY_STRING"] = query.decode("latin-1")
     environ["RAW_URI"] = request.target.decode("latin-1")
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
-    if server.unix:
+    if context.unix:
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = "", ""
     else:
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])
@@ -152,7 +157,7 @@ def build_environ(server, request, client):
         environ[key] = value
     if authority is not None:  # RFC 9112 §3.2.2: absolute-form wins over Host
         environ["HTTP_HOST"] = authority.decode("latin-1")
-    if server.unix and "HTTP_HOST" in environ:
+    if context.unix and "HTTP_HOST" in environ:
         host, _, port = environ["HTTP_HOST"].rpartition(":")
         if host and port.isdigit():
             environ["SERVER_NAME"], environ["SERVER_PORT"] = host, port
@@ -179,15 +184,24 @@ def _environ_key(name):
 
 
 class Response:
-    """start_response, write() and the body: the app's answer, checked and sent."""
+    """start_response, write() and the body: the app's answer, checked and sent.
 
-    def __init__(self, conn, head_only):
+    Framing, decided once the head is built: with a Content-Length the body
+    is cut to it; without one, to an HTTP/1.1 client, chunked, so a body the
+    app fails to finish is seen as cut short (the last chunk never goes out);
+    to HTTP/1.0, delimited by the close. HEAD, 1xx, 204 and 304 have no body.
+    """
+
+    def __init__(self, conn, head_only, http11):
         self.conn = conn
         self.head_only = head_only
+        self.http11 = http11
         self.status = None
         self.status_code = 0
         self.headers = None
         self.head_sent = False
+        self.has_body = True
+        self.chunked = False
         self.body_sent = 0
         self.remaining = None  # bytes the app's Content-Length still promises
         self.short_by = 0
@@ -208,6 +222,9 @@ class Response:
         return self.write
 
     def _head(self):
+        code = self.status_code
+        bodiless = code < 200 or code in (204, 304)  # RFC 9110 §6.4.1: never a body, nor its framing
+        self.has_body = not (bodiless or self.head_only)
         lines = [f"HTTP/1.1 {self.status}\r\n"]
         has_date = False
         for name, value in self.headers:
@@ -218,12 +235,17 @@ class Response:
                 log.warning("dropped hop-by-hop header %s: %s (the server owns the connection)", name, value)
                 continue
             if lower == "content-length":
+                if bodiless:
+                    continue
                 self.remaining = int(value)
             elif lower == "date":
                 has_date = True
             lines.append(f"{name}: {value}\r\n")
         if not has_date:
             lines.append(f"Date: {http_date()}\r\n")
+        if self.has_body and self.remaining is None and self.http11:
+            self.chunked = True
+            lines.append("Transfer-Encoding: chunked\r\n")
         lines.append("Connection: close\r\n\r\n")
         head = "".join(lines)
         # Response splitting: every CR and LF in the head must be one we put
@@ -233,11 +255,11 @@ class Response:
         if head.count("\r") != crlf or head.count("\n") != crlf or "\0" in head:
             bad = next((n, v) for n, v in self.headers if _BAD_VALUE.search(f"{n}{v}"))
             raise InvalidHeader(f"refusing to send header {bad[0]!r}: {bad[1]!r}")
-        return head.encode("latin-1")
-
-    def _has_body(self):
-        code = self.status_code
-        return not (self.head_only or code < 200 or code in (204, 304))
+        try:
+            return head.encode("latin-1")
+        except UnicodeEncodeError:
+            bad = next((n, v) for n, v in self.headers if not _latin1(f"{n}{v}"))
+            raise InvalidHeader(f"refusing to send header {bad[0]!r}: {bad[1]!r} is not latin-1") from None
 
     def write(self, data):
         """PEP 3333's write() callable, and the path every body chunk takes."""
@@ -247,7 +269,9 @@ class Response:
         if not self.head_sent:
             head = self._head()
             self.head_sent = True
-        if not self._has_body():
+        if not self.has_body:
+            if data and not self.head_only:
+                _warn_dropped_body(self.status_code)
             data = b""
         elif self.remaining is not None:
             if len(data) > self.remaining:
@@ -256,12 +280,21 @@ class Response:
                 data = data[: self.remaining]
             self.remaining -= len(data)
         self.body_sent += len(data)
+        if self.chunked and data:
+            if len(data) < 65536:
+                data = b"%x\r\n%b\r\n" % (len(data), data)
+            else:
+                head += b"%x\r\n" % len(data)
+                self._send(head)
+                self._send(data)
+                head, data = b"", b"\r\n"
         if head and len(data) < 65536:
             self._send(head + data)  # one segment for the common small response
         else:
             if head:
                 self._send(head)
-            self._send(data)
+            if data:
+                self._send(data)
 
     def _send(self, data):
         try:
@@ -270,9 +303,11 @@ class Response:
             raise ClientDisconnected(str(exc)) from exc
 
     def send(self, result):
-        if isinstance(result, FileWrapper) and self.status is not None and _has_fileno(result.filelike):
+        """Send the app's iterable; only a body sent to its end gets the last chunk."""
+        if isinstance(result, FileWrapper) and self.status is not None and _has_fileno(result.filelike) \
+                and (self.head_only or not self.http11 or _has_length(self.headers)):
             self.write(b"")
-            if self._has_body():
+            if self.has_body:
                 self._sendfile(result.filelike)
         else:
             # start_response may come with the first item (PEP 3333), so iterate
@@ -280,11 +315,13 @@ class Response:
             for chunk in result:
                 if chunk:
                     self.write(chunk)
-                if self.head_sent and (self.remaining == 0 or not self._has_body()):
+                if self.head_sent and (self.remaining == 0 or not self.has_body):
                     break
         if not self.head_sent:
             self.write(b"")
-        if self.remaining and self._has_body():
+        if self.chunked:
+            self._send(b"0\r\n\r\n")
+        if self.remaining and self.has_body:
             self.short_by = self.remaining
 
     def _sendfile(self, filelike):
@@ -309,8 +346,30 @@ class Response:
                 self.remaining -= sent
 
 
+def _has_length(headers):
+    return any(name.lower() == "content-length" for name, _ in headers)
+
+
+def _latin1(text):
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_warned_bodiless = set()
+
+
+def _warn_dropped_body(status_code):
+    # Once per worker and status: an app that does it, does it every time.
+    if status_code not in _warned_bodiless:
+        _warned_bodiless.add(status_code)
+        log.warning("dropped the body of a %d response: it cannot have one (RFC 9110)", status_code)
+
+
 def _check_name(name):
-    if type(name) is not str or not _TOKEN.match(name):
+    if type(name) is not str or not name.isascii() or not TOKEN.match(name.encode()):
         raise InvalidHeader(f"refusing to send header name {name!r}")
     if len(_VALID_NAMES) < 1024:
         _VALID_NAMES.add(name)
@@ -334,20 +393,21 @@ def http_date():
     return _date[1]
 
 
-def answer_error(conn, exc, server, request_line):
+def answer_error(conn, exc, context, request_line):
+    """The server's own answer (4xx, 5xx), through the same Response as the app's."""
     body = f"{exc.status} {exc.reason}\n".encode("latin-1", "replace")
-    reason = _REASONS.get(exc.status, "Error")
-    head = (
-        f"HTTP/1.1 {exc.status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nDate: {http_date()}\r\nConnection: close\r\n\r\n"
+    response = Response(conn, head_only=False, http11=True)
+    response.start_response(
+        f"{exc.status} {_REASONS.get(exc.status, 'Error')}",
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
     )
     try:
-        conn.sendall(head.encode("latin-1") + body)
-    except OSError:
+        response.write(body)
+    except ClientDisconnected:
         return
     if exc.status < 500:
         log.info("answered %d to %s: %s", exc.status, request_line or "a malformed request", exc.reason)
-    if server.access_log:
+    if context.access_log:
         log_request(request_line or "-", exc.status, len(body))
     linger(conn)
 
@@ -357,6 +417,18 @@ _REASONS = {
     417: "Expectation Failed", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 505: "HTTP Version Not Supported",
 }
+
+
+def _unread_input(conn):
+    """Has the client sent bytes we did not read (a pipelined request, excess body)?
+
+    Closing over unread input makes the kernel answer with RST, which can
+    destroy our response in the client's buffer before it is read.
+    """
+    try:
+        return bool(conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # EAGAIN: nothing waiting
+        return False
 
 
 def linger(conn):

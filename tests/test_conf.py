@@ -36,7 +36,7 @@ def test_overrides_win_over_settings():
 
 def test_every_setting_has_its_own_check_id():
     ids = [s.check_id for s in conf.SETTINGS]
-    assert len(set(ids)) == len(ids) == 15
+    assert ids == [f"prefork.E{n:03d}" for n in range(1, len(ids) + 1)]  # unique, none skipped
     assert {f.name for f in conf.fields(conf.Config)} == {s.name[len("PREFORK_"):].lower() for s in conf.SETTINGS}
 
 
@@ -60,6 +60,8 @@ def test_every_setting_has_its_own_check_id():
         ("PREFORK_WORKER_TMP_DIR", "/nonexistent/dir", "prefork.E013"),
         ("PREFORK_RELOAD", "no", "prefork.E014"),
         ("PREFORK_ACCESS_LOG", None, "prefork.E015"),
+        ("PREFORK_CLIENT_MIN_RATE", -1, "prefork.E016"),
+        ("PREFORK_CLIENT_MIN_RATE", 1024.5, "prefork.E016"),
     ],
 )
 def test_bad_values_fail_their_check_with_a_hint(name, value, check_id):

@@ -93,6 +93,16 @@ CASES = [
     ("asterisk-on-get", head(b"GET * HTTP/1.1", b"Host: x"), 400),
     ("bad-scheme", head(b"GET ftp://example.com/ HTTP/1.1", b"Host: x"), 400),
     ("bad-method", head(b"G@T /echo HTTP/1.1", b"Host: x"), 400),
+    ("content-type-twice", head(b"POST /echo HTTP/1.1", b"Host: x", b"Content-Type: text/plain",
+                                b"Content-Type: application/json", b"Content-Length: 2", body=b"{}"), 400),
+    ("unknown-method", head(b"FOO /echo HTTP/1.1", b"Host: x"), 501),
+    ("upgrade-with-body", head(b"POST /echo HTTP/1.1", b"Host: x", b"Connection: upgrade", b"Upgrade: websocket",
+                               b"Content-Length: 5", body=b"hello"), 200),
+    ("trailers-past-the-field-count", head(b"POST /echo HTTP/1.1", b"Host: x", b"Transfer-Encoding: chunked",
+                                           body=b"0\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(100)) + b"\r\n"),
+     431),
+    ("trailer-too-long", head(b"POST /echo HTTP/1.1", b"Host: x", b"Transfer-Encoding: chunked",
+                              body=b"0\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n"), 431),
     ("tls-handshake", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64, 400),
     ("incomplete-head-then-close", b"GET /echo HTTP/1.1\r\nHost: x\r\n", 400),
 ]
@@ -128,8 +138,26 @@ def worker_pid(server):
 
 
 def split(response):
+    """(head, body) of a response, the body de-chunked when it was sent chunked."""
     head, _, body = response.partition(b"\r\n\r\n")
+    if re.search(rb"\r\nTransfer-Encoding: chunked\r\n", head + b"\r\n"):
+        body = dechunk(body)
     return head, body
+
+
+def dechunk(data):
+    """The chunked body's content; AssertionError if the last chunk is missing."""
+    out = b""
+    while True:
+        size_line, sep, data = data.partition(b"\r\n")
+        assert sep, "the chunked body was cut short"
+        size = int(size_line, 16)
+        if size == 0:
+            assert data == b"\r\n", data[:100]
+            return out
+        assert data[size:size + 2] == b"\r\n", "the chunked body was cut short"
+        out += data[:size]
+        data = data[size + 2:]
 
 
 @pytest.mark.parametrize("data, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -317,7 +345,8 @@ def test_a_header_that_could_split_the_response_is_a_500(server, kind):
 
 def test_hop_by_hop_headers_are_dropped(server):
     head_, body = split(response_of(server, b"/hop"))
-    assert b"chunked" not in head_ and b"keep-alive" not in head_
+    assert b"keep-alive" not in head_
+    assert head_.count(b"Transfer-Encoding:") == 1  # ours: the app's was dropped, not doubled
     assert head_.count(b"Connection:") == 1 and b"X-Kept: 1" in head_ and body == b"hop"
     server.wait_for("dropped hop-by-hop header Transfer-Encoding")
 
@@ -340,7 +369,12 @@ def test_exception_before_headers_is_a_logged_500(server):
 
 def test_exception_after_headers_closes_the_connection(server):
     response = response_of(server, b"/raise-after")
-    assert status_of(response) == 200 and split(response)[1] == b"first part\n"
+    assert status_of(response) == 200
+    head_, body = response.split(b"\r\n\r\n", 1)
+    assert b"\r\nTransfer-Encoding: chunked\r\n" in head_ + b"\r\n"
+    assert body == b"b\r\nfirst part\n\r\n"  # and no last chunk: the client sees the cut
+    with pytest.raises(AssertionError, match="cut short"):
+        dechunk(body)
     server.wait_for(r"Error serving GET /raise-after(.|\n)*RuntimeError: failed after the headers")
     server.wait_for(r'"GET /raise-after HTTP/1.1" 200 11')  # in the access log all the same
 

@@ -46,9 +46,9 @@ def test_decode_path_is_latin1_of_the_unquoted_bytes(raw):
 
 def parse(data, limits=Limits(8190, 100, 8190)):
     request = Request(limits)
-    parser = httptools.HttpRequestParser(request)
+    parser = request.parser = httptools.HttpRequestParser(request)
     _feed(parser, request, data)
-    request.check_head(parser)
+    request.check_head()
     return request, parser
 
 
@@ -63,7 +63,7 @@ def test_body_reader_over_a_socketpair():
     try:
         head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         request, parser = parse(head)
-        body = Body(ours, request, parser)
+        body = Body(ours, request)
         theirs.sendall(b"4\r\nab\nc\r\n3\r\nd\ne\r\n0\r\n\r\n")
         assert body.readline() == b"ab\n"
         assert body.read(2) == b"cd"
@@ -78,7 +78,7 @@ def test_expect_continue_is_sent_on_the_first_read_only():
     ours, theirs = socket.socketpair()
     try:
         request, parser = parse(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
-        body = Body(ours, request, parser)
+        body = Body(ours, request)
         theirs.sendall(b"hi")
         assert body.read(2) == b"hi"
         assert theirs.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -13,7 +13,7 @@ from django.core.wsgi import get_wsgi_application
 
 django_app = get_wsgi_application()
 ENVIRON_KEYS = (
-    "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH",
+    "REQUEST_METHOD", "SERVER_SOFTWARE", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH",
     "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "REMOTE_ADDR", "REMOTE_PORT", "RAW_URI",
     "wsgi.url_scheme", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once", "wsgi.input_terminated",
 )
@@ -173,12 +173,57 @@ def file(environ, start_response):
     return environ["wsgi.file_wrapper"](f, 65536)
 
 
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def read_whole(environ, start_response):
+    """read() with no size, as Django's request.body does; the RSS it cost."""
+    rss_before = _status_kib("VmRSS")
+    body = environ["wsgi.input"].read()
+    out = json.dumps({
+        "received": len(body), "type": type(body).__name__, "zeros": body.count(0) if len(body) < 1 << 20 else None,
+        "rss_before_kib": rss_before, "peak_rss_kib": _status_kib("VmHWM"),
+    }).encode()
+    del body
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
+    return [out]
+
+
+def rss(environ, start_response):
+    out = json.dumps({"rss_kib": _status_kib("VmRSS"), "pid": os.getpid()}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
+    return [out]
+
+
+def bodiless(environ, start_response):
+    """/bodiless?204 or ?304 or ?100: a status that cannot have a body, given one anyway."""
+    status = {"204": "204 No Content", "304": "304 Not Modified"}[environ["QUERY_STRING"]]
+    start_response(status, [("Content-Length", "16"), ("Content-Type", "text/plain"), ("ETag", '"x"')])
+    return [b"must not be sent"]
+
+
+def not_latin1(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Name", "snow \u2603 man")])
+    return [b"never sent"]
+
+
+def slow_echo(environ, start_response):
+    """echo, after a pause: a pipelined packet sent a little later arrives while we work."""
+    import time
+
+    time.sleep(0.1)
+    return echo(environ, start_response)
+
+
 ROUTES = {
     "/echo": echo, "/validate": validator(strict_echo), "/lines": lines, "/count": count,
     "/reject": reject_early, "/stream": stream, "/stream-big": stream_big, "/short": short, "/long": long,
     "/raise-before": raise_before, "/raise-after": raise_after, "/inject": inject, "/bad-header": bad_header, "/hop": hop,
     "/nocontent": no_content, "/write": write_callable, "/exc-info": exc_info_before,
-    "/closing": closing, "/file": file, "*": echo,
+    "/closing": closing, "/file": file, "/read-whole": read_whole, "/rss": rss, "/bodiless": bodiless,
+    "/not-latin1": not_latin1, "/slow-echo": slow_echo, "*": echo,
 }
 
 

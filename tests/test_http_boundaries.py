@@ -1,0 +1,347 @@
+"""One message per connection, bounded trailers and bodies, responses clients can check.
+
+SPEC §7 "Message boundaries and limits" and "Responses", against a live
+server over raw sockets. Each table row says what the app must have seen:
+whatever follows the first message (a pipelined request, excess body bytes)
+must never change it.
+"""
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import h11
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .test_http import dechunk, head, send, split, status_of, worker_pid
+
+RAW_APPS = "tests.fixtureapp.rawapps.application"
+GET = head(b"GET /x/SMUGGLED?id=2 HTTP/1.1", b"Host: x")
+DELETE_10 = head(b"DELETE /SMUGGLED?id=1 HTTP/1.0")
+
+# (id, first message, what follows it, the app's view of the first: method, path, query, body)
+PIPELINED = [
+    ("get-then-get", head(b"GET /echo?a=1 HTTP/1.1", b"Host: x"), GET, ("GET", "/echo", "a=1", "")),
+    # The report that opened issue #9: the app ran DELETE /echo/SMUGGLED?id=1.
+    ("get-then-delete", head(b"GET /echo HTTP/1.1", b"Host: x"), DELETE_10, ("GET", "/echo", "", "")),
+    ("three-requests", head(b"GET /echo HTTP/1.1", b"Host: x"), GET + DELETE_10, ("GET", "/echo", "", "")),
+    ("query-then-request", head(b"GET /echo?q=1&r HTTP/1.1", b"Host: x"), b"GET /?x=", ("GET", "/echo", "q=1&r", "")),
+    ("body-then-request", head(b"POST /echo HTTP/1.1", b"Host: x", b"Content-Length: 5", body=b"hello"), GET,
+     ("POST", "/echo", "", "hello")),
+    ("absolute-form-second", head(b"GET /echo HTTP/1.1", b"Host: x"),
+     head(b"POST http://evil.example/admin HTTP/1.1", b"Host: evil", b"Content-Length: 0"), ("GET", "/echo", "", "")),
+    ("short-content-length", head(b"POST /echo HTTP/1.1", b"Host: x", b"Content-Length: 2", body=b"ab"),
+     b"cdef" + GET, ("POST", "/echo", "", "ab")),
+    ("trailer-then-request", head(b"POST /echo HTTP/1.1", b"Host: x", b"Transfer-Encoding: chunked",
+                                  body=b"2\r\nhi\r\n0\r\nX-Sum: 1\r\n\r\n"), GET, ("POST", "/echo", "", "hi")),
+    ("chunked-then-request", head(b"POST /echo HTTP/1.1", b"Host: x", b"Transfer-Encoding: chunked",
+                                  body=b"2\r\nhi\r\n0\r\n\r\n"), DELETE_10, ("POST", "/echo", "", "hi")),
+    ("http10-then-bytes", head(b"GET /echo HTTP/1.0"), b"Host: x\r\n\r\n" + GET, ("GET", "/echo", "", "")),
+    ("connection-close-then-request", head(b"GET /echo HTTP/1.1", b"Host: x", b"Connection: close"), GET,
+     ("GET", "/echo", "", "")),
+]
+
+
+def app_view(response):
+    assert response.count(b"HTTP/1.1 ") == 1, f"more than one response: {response[:600]!r}"
+    assert status_of(response) == 200, response[:300]
+    env = json.loads(split(response)[1])
+    return env["REQUEST_METHOD"], env["PATH_INFO"], env["QUERY_STRING"], env["body"]
+
+
+def send_in_two(server, first, rest, pause=0.05):
+    """The second part a little later, while the first request is being served."""
+    sock = server.connect()
+    try:
+        sock.sendall(first)
+        time.sleep(pause)
+        try:
+            sock.sendall(rest)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # already answered and closed: the rest never mattered
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("first, rest, expected", [c[1:] for c in PIPELINED], ids=[c[0] for c in PIPELINED])
+def test_only_the_first_message_reaches_the_app(server, first, rest, expected):
+    before = worker_pid(server)
+    assert app_view(send(server, first + rest)) == expected
+    slow_first = first.replace(b" /echo", b" /slow-echo", 1)
+    method, path, query, body = expected
+    assert app_view(send_in_two(server, slow_first, rest)) == (method, "/slow-echo", query, body)
+    assert worker_pid(server) == before
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["one-packet", "two-packets"])
+def test_head_then_get_has_no_body(server, together):
+    first = head(b"HEAD /echo HTTP/1.1", b"Host: x")
+    response = send(server, first + GET) if together else send_in_two(server, first.replace(b"/echo", b"/slow-echo"), GET)
+    head_, body = response.split(b"\r\n\r\n", 1)
+    assert head_.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Length: " in head_
+    assert body == b""
+
+
+FIRSTS = [
+    head(b"GET /echo?a=1 HTTP/1.1", b"Host: x"),
+    head(b"GET /echo HTTP/1.0"),
+    head(b"POST /echo HTTP/1.1", b"Host: x", b"Content-Length: 3", body=b"abc"),
+    head(b"POST /echo HTTP/1.1", b"Host: x", b"Transfer-Encoding: chunked", body=b"3\r\nabc\r\n0\r\n\r\n"),
+]
+AFTER = st.one_of(
+    st.binary(min_size=1, max_size=200),
+    st.sampled_from([GET, DELETE_10, b"0\r\n\r\n", b"\r\n", b"Content-Length: 5\r\n\r\nhello", b"X: y\r\n\r\n"]),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(first=st.sampled_from(FIRSTS), after=AFTER)
+def test_fuzz_whatever_follows_the_first_message_changes_nothing(server, first, after):
+    assert app_view(send(server, first + after)) == app_view(send(server, first))
+
+
+# -- trailers ----------------------------------------------------------------
+
+CHUNKED_HEAD = head(b"POST /echo HTTP/1.1", b"Host: x", b"Transfer-Encoding: chunked")
+
+
+def rss_of(server):
+    sock_response = send(server, head(b"GET /rss HTTP/1.1", b"Host: x"))
+    return json.loads(split(sock_response)[1])
+
+
+def flood(server, first, more):
+    """Send `first`, then `more` again and again until the server answers; (response, seconds after first)."""
+    sock = server.connect(timeout=10)
+    try:
+        sock.sendall(first)
+        sent_at = time.monotonic()
+        sock.setblocking(False)
+        response = b""
+        deadline = sent_at + 10
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                response += chunk
+                continue
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                break
+            try:
+                sock.send(more)
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                time.sleep(0.01)
+        return response, time.monotonic() - sent_at
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("first, more", [
+    (CHUNKED_HEAD + b"2\r\nhi\r\n0\r\nX-Endless: ", b"a" * 65536),
+    (CHUNKED_HEAD + b"2\r\nhi\r\n0\r\n", b"".join(b"X-T%d: y\r\n" % i for i in range(10_000))),
+    (CHUNKED_HEAD + b"2;ext=", b"e" * 65536),
+], ids=["endless-trailer-value", "ten-thousand-trailer-lines", "endless-chunk-extension"])
+def test_a_trailer_flood_is_431_at_once_and_costs_nothing(server, first, more):
+    before = rss_of(server)
+    response, seconds = flood(server, first, more)
+    assert status_of(response) == 431, response[:300]
+    assert seconds < 1.0
+    after = rss_of(server)
+    assert after["pid"] == before["pid"]
+    assert abs(after["rss_kib"] - before["rss_kib"]) < 10 * 1024, (before, after)
+
+
+# -- bodies --------------------------------------------------------------------
+
+def test_a_body_read_whole_costs_about_its_size(serve):
+    server = serve(settings={"PREFORK_WORKERS": 1, "WSGI_APPLICATION": RAW_APPS})
+    size = 64 * 1024 * 1024
+    block = b"x" * (1 << 20)
+    for framing in ("length", "chunked"):
+        sock = server.connect(timeout=60)
+        try:
+            if framing == "length":
+                sock.sendall(head(b"POST /read-whole HTTP/1.1", b"Host: x", b"Content-Length: %d" % size))
+                for _ in range(size // len(block)):
+                    sock.sendall(block)
+            else:
+                sock.sendall(head(b"POST /read-whole HTTP/1.1", b"Host: x", b"Transfer-Encoding: chunked"))
+                for _ in range(size // len(block)):
+                    sock.sendall(b"%x\r\n%b\r\n" % (len(block), block))
+                sock.sendall(b"0\r\n\r\n")
+            response = b""
+            while chunk := sock.recv(65536):
+                response += chunk
+        finally:
+            sock.close()
+        result = json.loads(split(response)[1])
+        assert result["received"] == size and result["type"] == "bytes"
+        grew = (result["peak_rss_kib"] - result["rss_before_kib"]) * 1024
+        assert grew < 1.3 * size, (framing, result)
+
+
+def test_upgrade_is_not_honoured_and_the_body_is_read(server):
+    for framing, body in ((b"Content-Length: 5", b"hello"), (b"Transfer-Encoding: chunked", b"5\r\nhello\r\n0\r\n\r\n")):
+        response = send(server, head(b"POST /echo HTTP/1.1", b"Host: x", b"Connection: upgrade", b"Upgrade: h2c",
+                                     framing, body=body + GET))
+        assert status_of(response) == 200 and not response.startswith(b"HTTP/1.1 101")
+        env = json.loads(split(response)[1])
+        assert env["body"] == "hello" and env["REQUEST_METHOD"] == "POST"
+
+
+@pytest.fixture(scope="module")
+def two_workers():
+    from .server import Server
+
+    srv = Server(settings={
+        "PREFORK_WORKERS": 2, "PREFORK_CLIENT_TIMEOUT": 2, "PREFORK_TIMEOUT": 20, "WSGI_APPLICATION": RAW_APPS,
+    })
+    srv.start()
+    srv.wait_workers(2)
+    yield srv
+    srv.close()
+
+
+def trickle(server, rate, seconds, results, name):
+    """Upload at `rate` bytes/s for at most `seconds`; record (status, seconds) or the body sent."""
+    sock = server.connect(timeout=30)
+    started = time.monotonic()
+    total = int(rate * seconds)
+    try:
+        sock.sendall(head(b"POST /read-whole HTTP/1.1", b"Host: x", b"Content-Length: %d" % total))
+        step = max(1, rate // 8)
+        sent = 0
+        while sent < total:
+            time.sleep(step / rate)
+            try:
+                sock.sendall(b"x" * min(step, total - sent))
+            except OSError:
+                break
+            sent += step
+        response = b""
+        sock.settimeout(10)
+        try:
+            while chunk := sock.recv(65536):
+                response += chunk
+        except ConnectionResetError:
+            pass
+        results[name] = (status_of(response), time.monotonic() - started)
+    finally:
+        sock.close()
+
+
+def test_two_trickling_uploads_get_408_and_the_workers_serve_on(two_workers):
+    server = two_workers
+    workers = server.wait_workers(2)
+    results = {}
+    threads = [threading.Thread(target=trickle, args=(server, 1024, 20, results, i)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # both uploads hold a worker now
+    longest_wait = 0.0
+    while any(t.is_alive() for t in threads):
+        started = time.monotonic()
+        assert status_of(send(server, head(b"GET /rss HTTP/1.1", b"Host: x"), timeout=15)) == 200
+        longest_wait = max(longest_wait, time.monotonic() - started)
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join()
+    # CLIENT_TIMEOUT 2 s, then 1 s more per 4096 bytes: a 1 KiB/s upload is cut at about 2.7 s.
+    assert [status for status, _ in results.values()] == [408, 408], results
+    assert all(seconds < 5 for _, seconds in results.values()), results
+    assert longest_wait < 4, longest_wait
+    assert server.worker_pids() == workers, "a worker died"
+    assert "timed out" not in server.output
+
+
+def test_a_64_kbit_upload_passes_the_minimum_rate(two_workers):
+    results = {}
+    trickle(two_workers, 8000, 4, results, "modem")
+    assert results["modem"][0] == 200
+
+
+# -- responses -------------------------------------------------------------------
+
+def h11_response(data, method="GET"):
+    """Events h11, as a client, reads from `data`; the last is EndOfMessage or an error."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    conn.receive_data(b"")
+    events = []
+    try:
+        while True:
+            event = conn.next_event()
+            events.append(event)
+            if isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)) or event is h11.NEED_DATA:
+                return events
+    except h11.RemoteProtocolError as exc:
+        events.append(exc)
+        return events
+
+
+def test_a_streamed_body_is_chunked_and_complete(server):
+    response = send(server, head(b"GET /stream HTTP/1.1", b"Host: x"))
+    assert b"\r\nTransfer-Encoding: chunked\r\n" in response.split(b"\r\n\r\n")[0] + b"\r\n"
+    events = h11_response(response)
+    assert isinstance(events[-1], h11.EndOfMessage), events
+    assert b"".join(e.data for e in events if isinstance(e, h11.Data)) == b"".join(b"part %d\n" % i for i in range(5))
+
+
+def test_a_streamed_body_on_http10_is_delimited_by_the_close(server):
+    response = send(server, head(b"GET /stream HTTP/1.0"))
+    head_, body = response.split(b"\r\n\r\n", 1)
+    assert b"Transfer-Encoding" not in head_ and body == b"".join(b"part %d\n" % i for i in range(5))
+
+
+def test_a_broken_stream_is_seen_as_incomplete(server):
+    events = h11_response(send(server, head(b"GET /raise-after HTTP/1.1", b"Host: x")))
+    assert isinstance(events[-1], h11.RemoteProtocolError), events
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_sees_a_broken_stream_as_cut_short(server):
+    url = f"http://127.0.0.1:{server.port}"
+    broken = subprocess.run(["curl", "-sS", "-o", "/dev/null", url + "/raise-after"], capture_output=True, text=True)
+    assert broken.returncode == 18, broken.stderr  # CURLE_PARTIAL_FILE
+    whole = subprocess.run(["curl", "-sS", url + "/stream"], capture_output=True)
+    assert whole.returncode == 0 and whole.stdout == b"".join(b"part %d\n" % i for i in range(5))
+
+
+@pytest.mark.parametrize("status", [b"204", b"304"])
+def test_bodiless_statuses_lose_their_framing_and_body(server, status):
+    response = send(server, head(b"GET /bodiless?" + status + b" HTTP/1.1", b"Host: x"))
+    head_, body = response.split(b"\r\n\r\n", 1)
+    assert head_.startswith(b"HTTP/1.1 " + status)
+    assert b"Content-Length" not in head_ and b"Transfer-Encoding" not in head_ and body == b""
+    assert b'ETag: "x"' in head_
+    server.wait_for(f"dropped the body of a {status.decode()} response")
+    send(server, head(b"GET /bodiless?" + status + b" HTTP/1.1", b"Host: x"))
+    assert server.output.count(f"dropped the body of a {status.decode()} response") == 1
+
+
+def test_a_header_that_is_not_latin1_is_a_500_naming_it(server):
+    response = send(server, head(b"GET /not-latin1 HTTP/1.1", b"Host: x"))
+    assert status_of(response) == 500 and b"never sent" not in response
+    server.wait_for("refusing to send header 'X-Name'.* is not latin-1")
+
+
+def test_server_software_names_us(server):
+    from django_prefork import __version__
+
+    env = json.loads(split(send(server, head(b"GET /echo HTTP/1.1", b"Host: x")))[1])
+    assert env["SERVER_SOFTWARE"] == f"django-prefork/{__version__}"
