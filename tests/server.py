@@ -13,7 +13,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BANNER_URL = re.compile(r"Starting prefork server at (\S+)")
-BANNER_PID = re.compile(r"Arbiter pid (\d+): (\d+) sync worker")
+BANNER_PID = re.compile(r"Master pid (\d+): (\d+) sync worker")
 
 
 def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
