@@ -197,3 +197,30 @@ def test_a_killed_generation_arbiter_is_replaced(serve):
     server.wait_for(r"generation 2 \(pid \d+\) serving", timeout=30)
     wait_until(lambda: not any(alive(p) for p in old_workers), timeout=5, message="the orphaned workers to exit")
     assert int(server.get("/pid")[1]) in server.wait_workers(2)
+
+
+def test_a_stuck_worker_of_a_retiring_generation_gets_the_timeout_not_the_grace_period(serve):
+    timeout = 6
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": timeout, "PREFORK_GRACEFUL_TIMEOUT": 60})
+    (victim,) = server.wait_workers(1)
+    closed = {}
+
+    def hold_a_request():
+        try:
+            server.get("/slow?s=60", timeout=60)
+        except OSError as exc:  # the kill closes the connection: RemoteDisconnected or a reset
+            closed["error"] = exc
+        closed["at"] = time.monotonic()
+
+    thread = threading.Thread(target=hold_a_request, daemon=True)
+    thread.start()
+    server.wait_for("slow request started")
+    os.kill(victim, signal.SIGSTOP)
+    hup_at = time.monotonic()
+    os.kill(server.pid, signal.SIGHUP)  # generation 1 retires while its worker is stuck
+    server.wait_for(r"generation 2 \(pid \d+\) serving, 1 workers; stopping generation 1", timeout=30)
+    thread.join(timeout + 3 + 5)
+    assert "at" in closed, "the stuck request was held past the timeout, as if for the grace period"
+    assert closed["at"] - hup_at < timeout + 3
+    assert "error" in closed
+    server.wait_for(rf"worker 1 \(pid {victim}\) was killed with SIGKILL: it did not answer SIGABRT")
