@@ -11,15 +11,7 @@ import time
 
 import pytest
 
-
-CRLF = b"\r\n"
-
-
-def head(*lines, body=b""):
-    return CRLF.join(lines) + CRLF + CRLF + body
-
-
-GOOD = head(b"GET /echo HTTP/1.1", b"Host: x")
+from .helpers import GOOD, head, send, split, status_of, worker_pid
 
 # (id, raw request, expected status)
 CASES = [
@@ -96,41 +88,6 @@ CASES = [
     ("tls-handshake", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64, 400),
     ("incomplete-head-then-close", b"GET /echo HTTP/1.1\r\nHost: x\r\n", 400),
 ]
-
-STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
-
-
-def send(server, data, half_close=True, timeout=10):
-    """Send `data` (then shut our side) and return all the server answered."""
-    sock = server.connect(timeout)
-    try:
-        sock.sendall(data)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except ConnectionResetError:
-        return b"".join(chunks)
-    finally:
-        sock.close()
-
-
-def status_of(response):
-    match = STATUS.match(response)
-    assert match, f"not an HTTP/1.1 response: {response[:200]!r}"
-    return int(match.group(1))
-
-
-def worker_pid(server):
-    return json.loads(split(send(server, GOOD))[1])["pid"]
-
-
-def split(response):
-    head, _, body = response.partition(b"\r\n\r\n")
-    return head, body
-
 
 @pytest.mark.parametrize("data, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_adversarial_request(server, data, expected):
@@ -244,6 +201,7 @@ def test_a_large_upload_keeps_the_worker_memory_flat(server):
 
 
 def test_a_trickled_head_gets_408_within_the_client_timeout(server):
+    before = worker_pid(server)
     sock = server.connect()
     started = time.monotonic()
     try:
@@ -264,7 +222,7 @@ def test_a_trickled_head_gets_408_within_the_client_timeout(server):
         sock.close()
     assert status_of(response) == 408
     assert time.monotonic() - started < 6
-    assert worker_pid(server)
+    assert worker_pid(server) == before
 
 
 def test_a_stalled_body_is_cut_off_after_the_client_timeout(server):
