@@ -51,7 +51,7 @@ class PreforkServer:
         self.load_app = load_app
 
     def serve_forever(self):
-        self.command.serve(self.listeners, self.load_app)
+        self.command.run_master(self.listeners, self.load_app)
 
 
 class Command(StaticfilesRunserver):
@@ -95,7 +95,7 @@ class Command(StaticfilesRunserver):
         }
         spec = GenerationSpec.pop_from_environ()
         if spec:
-            return self.serve_generation(spec, options)
+            return self.run_reloaded_generation(spec, options)
         for setting, value in conf.problems(self.overrides):
             if setting.name in self.overrides:
                 option = next(o for o, s in OVERRIDES.items() if s == setting.name)
@@ -158,7 +158,7 @@ class Command(StaticfilesRunserver):
             f"Quit the server with {quit_command}."
         )
 
-    def serve(self, listeners, load_app):
+    def run_master(self, listeners, load_app):
         configure_logging()
         if self.pidfile:
             pidfile.write(self.pidfile)
@@ -175,8 +175,8 @@ class Command(StaticfilesRunserver):
         if status:
             sys.exit(status)
 
-    def serve_generation(self, spec, options):
-        """Serve as generation N of a reload: exec'd by the master, fresh code."""
+    def run_reloaded_generation(self, spec, options):
+        """Be generation N of a reload: exec'd by the master, with fresh code."""
         configure_logging()
         if not options["skip_checks"]:
             self.check()  # errors: SystemCheckError, exit 1; the master keeps the old code
