@@ -6,7 +6,7 @@ The loop, the signal handling and the stop are the Supervisor's (see
 supervisor.py); what is the arbiter's own is what each turn does with the
 workers: `reap_children` (a death is logged with what it cost, and a boot
 failure before any worker ever loaded the app halts the server),
-`notice_booted_workers` (and tell the master once all have), 
+`notice_booted_workers` (and tell the master once all have),
 `murder_lazy_workers` (SIGABRT past PREFORK_TIMEOUT, SIGKILL 2 s later; it
 goes on while the generation stops), `maintain_worker_count`.
 

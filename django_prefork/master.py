@@ -114,11 +114,14 @@ class Master(Supervisor):
         return [g for g in self.generations if g.state == state]
 
     def serving(self):
-        """The generation taking requests; generation 1 from its fork, so TTIN, TTOU and USR1
-        reach it while it boots (an exec'd one must not get them before its handlers exist:
-        their default actions stop or end it)."""
-        return next((g for g in self.generations if g.state is SERVING or g.state is BOOTING and not g.is_reload),
-                    None)
+        """The generation taking requests, to pass TTIN, TTOU and USR1 on to.
+
+        Generation 1 counts from its fork: it inherited handlers for them. An
+        exec'd generation does not until it has set its own, and the default
+        actions would stop or end it, so a booting reload never counts.
+        """
+        taking = (g for g in self.generations if g.state == SERVING or (g.state == BOOTING and not g.is_reload))
+        return next(taking, None)
 
     def booting_reload(self):
         return next((g for g in self.in_state(BOOTING) if g.is_reload), None)
@@ -254,14 +257,14 @@ class Master(Supervisor):
             return None
         self.generations.remove(generation)
         code = os.waitstatus_to_exitcode(status)
-        if generation.state is BOOTING and generation.said_ready():
+        if generation.state == BOOTING and generation.said_ready():
             generation.state = SERVING  # it said so just before dying
         generation.close_ready_pipe()
         if stopping:
             return None
-        if generation.state is STOPPING:
+        if generation.state == STOPPING:
             log.info("%s stopped", generation)
-        elif generation.state is SERVING:
+        elif generation.state == SERVING:
             log.error("%s exited unexpectedly (exit %s); starting a new one", generation, code)
             self.reload("no generation serving")
         elif not generation.is_reload:
