@@ -1,40 +1,72 @@
-"""The arbiter: binds nothing itself (the command hands it listeners), forks the
-sync workers, and keeps them alive, counted and honest.
+"""The arbiter: one generation's parent. It binds nothing (the master hands it
+the listeners), forks the sync workers, and keeps them alive, counted and
+honest.
 
-It runs no thread, ever: a fork taken while another thread holds a lock
-(logging's, the allocator's) gives the child a lock nobody will release.
-Signal handlers only append the signal to a list; the wakeup fd makes the
-loop's select() return at once, and the loop acts on the list.
+The loop, the signal handling and the stop are the Supervisor's (see
+supervisor.py); what is the arbiter's own is what each turn does with the
+workers: `reap_children` (a death is logged with what it cost, and a boot
+failure before any worker ever loaded the app halts the server),
+`notice_booted_workers` (and tell the master once all have),
+`murder_lazy_workers` (SIGABRT past PREFORK_TIMEOUT, SIGKILL 2 s later; it
+goes on while the generation stops), `maintain_worker_count`.
+
+A generation is started by `run_generation`, given a `GenerationSpec`: the
+master forks generation 1 and calls it directly; a reload execs the command
+with the spec in its environment, and the command calls it after importing
+the project afresh.
 """
 
+import dataclasses
 import gc
+import json
 import logging
 import os
 import random
 import signal
+import socket
 import time
 
 from . import heartbeat, proctitle
 from .heartbeat import Heartbeat
-from .signals import close_wakeup_pipe, die_with_parent, signal_wakeup_pipe, wait
+from .signals import close_wakeup_pipe, die_with_parent
+from .sockets import Listener
+from .supervisor import HaltServer, Supervisor, kill_quietly
 from .worker import BOOT_ERROR, SyncWorker
 
 log = logging.getLogger("django_prefork")
 
 KILL_AFTER_ABORT = 2.0  # seconds a timed-out worker gets to report before SIGKILL
-QUICK_STOP_WAIT = 1.0  # seconds workers get to exit on INT/QUIT before SIGKILL
-HANDLED_SIGNALS = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD,
-)
+BOOT_RETRY_WAIT = 1.0  # seconds between spawns after a boot failure once serving
+STARVED_AFTER = 5.0  # seconds between two turns past which the arbiter was not running
 
 
-class HaltServer(Exception):
-    """Stop the whole server and exit with `status` (the app cannot boot)."""
+@dataclasses.dataclass
+class GenerationSpec:
+    """What the master tells a generation's arbiter, across exec through the environment."""
 
-    def __init__(self, message, status=1):
-        super().__init__(message)
-        self.status = status
+    ENV = "DJANGO_PREFORK_GENERATION"  # its presence tells the exec'd command it is a generation
+
+    number: int
+    ready_fd: int  # the pipe's write end: "R" once every worker has loaded the app
+    listen_fds: list
+    worker_count: int
+
+    def to_environ(self, environ):
+        return dict(environ, **{self.ENV: json.dumps(dataclasses.asdict(self))})
+
+    @classmethod
+    def pop_from_environ(cls, environ=os.environ):
+        """The spec the master left, removed so the workers do not see it; None outside a reload."""
+        value = environ.pop(cls.ENV, None)
+        return cls(**json.loads(value)) if value else None
+
+    def inherit_listeners(self):
+        return [Listener(socket.socket(fileno=fd), inherited=True) for fd in self.listen_fds]
+
+
+def run_generation(spec, listeners, config, load_app, name):
+    """Be generation `spec.number`'s arbiter until it stops; return the exit status."""
+    return Arbiter(listeners, config, load_app, name, spec.number, spec.ready_fd).run()
 
 
 class WorkerProcess:
@@ -49,106 +81,78 @@ class WorkerProcess:
         self.killed = False  # we sent SIGKILL ourselves
         self.ready = False
 
+    def __str__(self):
+        return f"worker {self.number} (pid {self.pid})"
 
-class Arbiter:
-    def __init__(self, listeners, config, load_app, name="django", generation=1, ready_fd=None, master_pid=None):
-        self.listeners = listeners
+
+class Arbiter(Supervisor):
+    owns_socket_files = False  # the master's, or systemd's
+
+    def __init__(self, listeners, config, load_app, name, generation, ready_fd):
+        super().__init__(listeners, config)
         self.generation = generation
         self.ready_fd = ready_fd  # written once every worker has loaded the app
-        self.master_pid = master_pid
-        self.config = config
+        self.master_pid = os.getppid()
         self.load_app = load_app
         self.name = name
-        self.num_workers = config.workers
+        self.title = f"runprefork arbiter [{name}] generation {generation}"
+        self.worker_count = config.workers
         self.workers = {}  # pid -> WorkerProcess
-        self.signals = []
         self.booted = False  # some worker has loaded the app
         self.respawn_at = 0.0  # after a boot failure once serving, spawn slowly
         self.last_tick = time.monotonic()
 
-    # -- the main loop -----------------------------------------------------
+    def __str__(self):
+        return f"generation {self.generation}"
 
-    def run(self):
-        """Serve until a stop signal; return the exit status."""
-        self.init_signals()
-        if self.master_pid:
-            die_with_parent(signal.SIGQUIT)
-        proctitle.set_title(f"runprefork arbiter [{self.name}] generation {self.generation}")
-        try:
-            if self.config.preload_app:
-                app = self.load_app()
-                self.load_app = lambda: app
-            self.maintain_worker_count()
-            while True:
-                # Look more often while workers boot: the master waits on their readiness.
-                self.sleep(0.1 if any(not w.ready for w in self.workers.values()) else 1.0)
-                stop = self.process_signals()
-                if stop is not None:
-                    self.stop(graceful=stop)
-                    return 0
-                if self.master_pid and os.getppid() != self.master_pid:
-                    log.warning("generation %d: the master is gone; stopping", self.generation)
-                    self.stop(graceful=False)
-                    return 0
-                self.reap_workers()
-                self.notice_booted_workers()
-                self.murder_lazy_workers()
-                self.maintain_worker_count()
-        except BaseException:
-            self.stop(graceful=False)
-            raise
-        finally:
-            close_wakeup_pipe(self.wakeup)
+    # -- the Supervisor's loop -----------------------------------------------------
 
-    def init_signals(self):
-        self.wakeup = signal_wakeup_pipe()
-        self.wakeup_r = self.wakeup[0]
-        for sig in HANDLED_SIGNALS:
-            signal.signal(sig, self.record_signal)
+    def start(self):
+        die_with_parent(signal.SIGQUIT)
+        if self.config.preload_app:
+            app = self.load_app()
+            self.load_app = lambda: app
+        self.maintain_worker_count()
 
-    def record_signal(self, signum, frame):
-        self.signals.append(signum)
+    def nap(self):
+        # Look more often while workers boot: the master waits on their readiness.
+        return 0.1 if any(not w.ready for w in self.workers.values()) else 1.0
 
-    def sleep(self, seconds=1.0):
-        """Wait for a signal, at most `seconds`."""
-        wait(self.wakeup_r, seconds)
-
-    def process_signals(self):
-        """Act on recorded signals; return True/False to stop gracefully/quickly."""
-        while self.signals:
-            sig = self.signals.pop(0)
-            if sig == signal.SIGTERM:
-                log.info("generation %d: finishing requests in hand, then stopping", self.generation)
-                return True
-            if sig in (signal.SIGINT, signal.SIGQUIT):
-                return False
-            if sig == signal.SIGTTIN:
-                self.num_workers += 1
-                log.info("TTIN: %d workers", self.num_workers)
-            elif sig == signal.SIGTTOU:
-                self.num_workers = max(1, self.num_workers - 1)
-                log.info("TTOU: %d workers", self.num_workers)
-            elif sig == signal.SIGUSR1:
-                from .logfiles import reopen_log_files
-
-                reopen_log_files()
-                self.kill_workers(signal.SIGUSR1)
-            elif sig == signal.SIGHUP and self.master_pid:
-                os.kill(self.master_pid, signal.SIGHUP)  # reloading is the master's job
+    def tend(self):
+        if os.getppid() != self.master_pid:
+            log.warning("generation %d: the master is gone; stopping", self.generation)
+            return 0
+        self.reap_children()
+        self.notice_booted_workers()
+        self.murder_lazy_workers()
+        self.maintain_worker_count()
         return None
+
+    def handle_hup(self):
+        kill_quietly(self.master_pid, signal.SIGHUP)  # reloading is the master's job
+
+    def set_worker_count(self, count, sig):
+        self.worker_count = count
+        log.info("%s: %d workers", sig.name[3:], count)
+
+    def pass_on(self, sig):
+        self.signal_children(sig)
+
+    def child_pids(self):
+        return list(self.workers)
 
     # -- keeping the workers ---------------------------------------------------
 
     def maintain_worker_count(self):
         serving = [w for w in self.workers.values() if not w.retiring]
-        missing = self.num_workers - len(serving)
+        missing = self.worker_count - len(serving)
         if missing > 0:
             self.spawn_workers(missing)
         elif missing < 0:
             # Retire the newest first: the oldest have warm caches.
             for w in sorted(serving, key=lambda w: w.number, reverse=True)[:-missing]:
                 w.retiring = True
-                self.signal_worker(w, signal.SIGTERM)
+                kill_quietly(w.pid, signal.SIGTERM)
 
     def spawn_workers(self, count):
         if time.monotonic() < self.respawn_at:
@@ -203,36 +207,34 @@ class Arbiter:
                 w.ready = True
                 self.booted = True
         serving = [w for w in self.workers.values() if not w.retiring]
-        if self.ready_fd is not None and len(serving) >= self.num_workers and all(w.ready for w in serving):
+        if self.ready_fd is not None and len(serving) >= self.worker_count and all(w.ready for w in serving):
             # The master waits for this before retiring the previous generation.
             os.write(self.ready_fd, b"R")
             os.close(self.ready_fd)
             self.ready_fd = None
 
-    def reap_workers(self, stopping=False):
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                self.workers.clear()  # no children left: none of them runs
-                return
-            if not pid:
-                return
-            w = self.workers.pop(pid, None)
-            if w is None:
-                continue
-            try:
-                if stopping:
-                    code = os.waitstatus_to_exitcode(status)
-                    if code not in (0, -signal.SIGTERM, -signal.SIGQUIT, -signal.SIGINT):
-                        log.warning("worker %d (pid %d) ended with %s while stopping", w.number, pid, code)
-                else:
-                    self.report_death(w, status)
-            finally:
-                w.heartbeat.close()
+    def child_exited(self, pid, status, stopping):
+        w = self.workers.pop(pid, None)
+        if w is None:
+            return None
+        try:
+            if stopping and w.aborted_at is None:
+                code = os.waitstatus_to_exitcode(status)
+                if code not in (0, -signal.SIGTERM, -signal.SIGQUIT, -signal.SIGINT):
+                    log.warning("%s ended with %s while stopping", w, code)
+            else:
+                self.report_death(w, status)
+        finally:
+            w.heartbeat.close()
+        return None
+
+    def forget_children(self):
+        for w in self.workers.values():
+            w.heartbeat.close()
+        self.workers.clear()  # no children left: none of them runs
 
     def report_death(self, w, status):
-        who = f"worker {w.number} (pid {w.pid})"
+        who = str(w)
         code = os.waitstatus_to_exitcode(status)
         current = w.heartbeat.current_request()
         if code and current and not w.killed:
@@ -242,12 +244,13 @@ class Arbiter:
             if not self.booted:
                 raise HaltServer(f"{who} could not load the application:\n{error}")
             log.error("%s could not load the application; retrying in a second:\n%s", who, error)
-            self.respawn_at = time.monotonic() + 1.0
+            self.respawn_at = time.monotonic() + BOOT_RETRY_WAIT
         elif code < 0:
             name = signal.Signals(-code).name
             if w.killed:
+                now = time.monotonic()
                 log.error("%s was killed with SIGKILL: it did not answer SIGABRT (stuck in C code?); it %s",
-                          who, w.heartbeat.describe(time.monotonic(), 0))
+                          who, w.heartbeat.describe_timeout(now, w.heartbeat.silent_for(now)))
             elif w.retiring and code == -signal.SIGTERM:
                 log.info("%s stopped", who)
             elif -code == signal.SIGKILL:
@@ -261,7 +264,7 @@ class Arbiter:
 
     def murder_lazy_workers(self):
         now = time.monotonic()
-        if now - self.last_tick > 5.0:
+        if now - self.last_tick > STARVED_AFTER:
             # The arbiter itself was stopped or starved: it saw nothing, so it
             # judges nobody on that gap.
             for w in self.workers.values():
@@ -274,51 +277,21 @@ class Arbiter:
             if w.aborted_at is not None:
                 if not w.killed and now - w.aborted_at >= KILL_AFTER_ABORT:
                     w.killed = True
-                    self.signal_worker(w, signal.SIGKILL)
+                    kill_quietly(w.pid, signal.SIGKILL)
                 continue
             silent = w.heartbeat.silent_for(now)
             if silent > timeout:
-                log.error("worker %d %s; sending SIGABRT", w.pid, w.heartbeat.describe(now, silent))
+                log.error("worker %d %s; sending SIGABRT", w.pid, w.heartbeat.describe_timeout(now, silent))
                 w.aborted_at = now
-                self.signal_worker(w, signal.SIGABRT)
+                kill_quietly(w.pid, signal.SIGABRT)
 
-    def signal_worker(self, w, sig):
-        try:
-            os.kill(w.pid, sig)
-        except ProcessLookupError:
-            pass  # already dead; reap_workers will hear of it
+    # -- stopping: the Supervisor's, with these hooks ---------------------------------
 
-    def kill_workers(self, sig):
-        for w in list(self.workers.values()):
-            self.signal_worker(w, sig)
-
-    # -- stopping ----------------------------------------------------------------
-
-    def stop(self, graceful):
-        """TERM: workers finish what they hold; INT/QUIT: they exit at once.
-
-        Whatever is left after the grace period gets SIGKILL, and every child
-        is reaped before we return: no process outlives the server.
-        """
+    def mark_stopping(self):
         for w in self.workers.values():
             w.retiring = True
-        self.kill_workers(signal.SIGTERM if graceful else signal.SIGQUIT)
-        deadline = time.monotonic() + (self.config.graceful_timeout if graceful else QUICK_STOP_WAIT)
-        while self.workers and time.monotonic() < deadline:
-            self.reap_workers(stopping=True)
-            if self.workers:
-                self.sleep(0.1)
-            if graceful and {signal.SIGINT, signal.SIGQUIT} & set(self.signals):
-                graceful = False  # a second Ctrl-C: stop waiting
-                self.kill_workers(signal.SIGQUIT)
-                deadline = min(deadline, time.monotonic() + QUICK_STOP_WAIT)
-        if self.workers:
-            log.warning("killing %d worker(s) still running after the grace period", len(self.workers))
-            self.kill_workers(signal.SIGKILL)
-        while self.workers:
-            pid, _ = os.waitpid(-1, 0)
-            w = self.workers.pop(pid, None)
-            if w is not None:
-                w.heartbeat.close()
-        for listener in self.listeners:
-            listener.close(unlink=False)  # the master owns the socket file
+
+    def watch_while_stopping(self):
+        # A worker stuck or stopped while we wait for the others must not hold
+        # its client for the whole grace period: the timeout still applies.
+        self.murder_lazy_workers()

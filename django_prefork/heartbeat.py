@@ -96,8 +96,13 @@ class Heartbeat:
         line = self.page[_STARTED.size:_STARTED.size + min(length, _REQUEST_MAX + 16)]
         return line.decode("latin-1"), started
 
-    def describe(self, now, silent_for):
-        """`timed out after S s serving METHOD PATH`, or `... while idle`."""
+    def describe_timeout(self, now, silent_for):
+        """What a worker judged silent past the timeout was doing, for the log.
+
+        `timed out after S s serving METHOD PATH`, S the request's age, or
+        `timed out after S s while idle`, S the silence. Only the watchdog's
+        verdict (and the worker's answer to it) may say "timed out".
+        """
         current = self.current_request()
         if current is None:
             return f"timed out after {silent_for:.0f} s while idle"

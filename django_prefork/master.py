@@ -13,15 +13,14 @@ views are imported anew, and hands it the listening sockets by fd number:
 
 A new generation reports on a pipe once every worker has loaded the app;
 only then does the old one get TERM, and its workers finish what they hold.
-The sockets never close, so no connection is refused at any point. If the
-new generation fails (syntax error, failing checks, an app that cannot
-load), it exits, the old one goes on serving, and the next change or HUP
-tries again. The master runs no thread; it forwards TTIN, TTOU and USR1 to
-the serving generation, and TERM, INT and QUIT to all of them.
+The sockets never close, so no connection is refused at any point. The
+rules a generation lives by are Generation's docstring. The loop, signal
+handling and stopping are the Supervisor's; the master runs no thread (it
+forks generation 1). It reloads on HUP, forwards TTIN, TTOU and USR1 to the
+serving generation, and TERM, INT and QUIT to all of them.
 """
 
 import gc
-import json
 import logging
 import os
 import select
@@ -31,91 +30,147 @@ import time
 
 from django.utils.autoreload import get_child_arguments
 
-from . import notify, proctitle
-from .arbiter import HANDLED_SIGNALS, Arbiter, HaltServer
-from .signals import close_wakeup_pipe, signal_wakeup_pipe, wait
+from . import notify
+from .arbiter import GenerationSpec, run_generation
+from .signals import close_wakeup_pipe
+from .supervisor import HALT_STATUS, HaltServer, Supervisor, kill_quietly
 
 log = logging.getLogger("django_prefork")
 
-GENERATION_ENV = "DJANGO_PREFORK_GENERATION"  # tells the exec'd command it is a generation
+BOOTING, SERVING, STOPPING = "booting", "serving", "stopping"
+OUTLAST_ARBITERS = 5.0  # seconds the master waits past its arbiters' own stop deadline
+MIN_BOOT_LIMIT = 60.0  # seconds a reload may take to be ready (at least twice the timeout)
 
 
 class Generation:
-    def __init__(self, number, pid, ready_fd, workers):
+    """The master's view of one generation, and the rules it lives by.
+
+        booting ──"R" on the ready pipe──▶ serving ──a newer one serving──▶ stopping ──exit──▶ gone
+           │                                  │
+           │ exit before "R"                  └ exit: a reload starts a new generation at once
+           ├ generation 1: the server ends (HALT_STATUS); nothing ever served
+           └ a reload: it failed; the serving generation goes on, the next change or HUP retries
+
+    - Every generation starts booting: generation 1 forked by the master, the
+      others exec'd by a reload (HUP, a changed file, the serving one's death).
+    - It is serving once its arbiter writes "R": all its workers loaded the
+      app. Every older generation, booting or serving, then gets TERM and is
+      stopping; its workers finish what they hold.
+    - One reload boots at a time: meanwhile HUP is refused and file changes
+      wait. Generation 1's own boot is no reload: a HUP during it starts
+      generation 2. A reload not ready within the boot limit is SIGKILLed,
+      and so fails.
+    - TERM, INT or QUIT to the master: every generation is stopping.
+    """
+
+    def __init__(self, number, pid, ready_fd, worker_count):
         self.number = number
         self.pid = pid
         self.ready_fd = ready_fd  # the pipe it writes to when all its workers booted
-        self.workers = workers
-        self.ready = False
+        self.worker_count = worker_count
+        self.state = BOOTING
         self.started = time.monotonic()
 
     def __str__(self):
         return f"generation {self.number} (pid {self.pid})"
 
+    @property
+    def is_reload(self):
+        return self.number > 1
 
-class Master:
+    def said_ready(self):
+        """Whether its arbiter wrote "R"; the pipe is closed once it did (or once it died)."""
+        if self.ready_fd is None:
+            return False
+        ready, _, _ = select.select([self.ready_fd], [], [], 0)
+        if ready and os.read(self.ready_fd, 1) == b"R":
+            self.close_ready_pipe()
+            return True
+        return False
+
+    def close_ready_pipe(self):
+        if self.ready_fd is not None:
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+
+class Master(Supervisor):
+    outlast_children = OUTLAST_ARBITERS  # each arbiter SIGKILLs its own stragglers; this is the backstop
+
     def __init__(self, listeners, config, load_app, name, watcher=None):
-        self.listeners = listeners
-        self.config = config
+        super().__init__(listeners, config)
         self.load_app = load_app
         self.name = name
+        self.title = f"runprefork master [{name}]"
         self.watcher = watcher
-        self.workers = config.workers  # TTIN/TTOU carry over to the next generation
-        self.signals = []
-        self.serving = None  # the generation taking requests
-        self.booting = None  # a generation started by a reload, not ready yet
-        self.stopping = []  # old generations finishing their requests
-        self.generations = 0
+        self.worker_count = config.workers  # TTIN/TTOU carry over to the next generation
+        self.generations = []  # oldest first
+        self.last_number = 0
 
-    def run(self):
-        """Serve until TERM, INT or QUIT; return the exit status."""
-        self.wakeup = signal_wakeup_pipe()
-        self.wakeup_r = self.wakeup[0]
-        proctitle.set_title(f"runprefork master [{self.name}]")
-        for sig in HANDLED_SIGNALS:
-            signal.signal(sig, lambda signum, frame: self.signals.append(signum))
-        try:
-            self.serving = self.fork_first_generation()
-            while True:
-                self.sleep(1.0)
-                stop = self.process_signals()
-                if stop is not None:
-                    return self.stop(graceful=stop)
-                status = self.reap_generations()
-                if status is not None:
-                    return status
-                self.check_booting()
-                if self.watcher is not None and self.booting is None:
-                    changed = self.watcher.changed()
-                    if changed:
-                        self.reload(f"{changed[0]} changed")
-        except BaseException:
-            self.stop(graceful=False)
-            raise
+    def __str__(self):
+        return "master"
 
-    def sleep(self, seconds):
-        unready = [g.ready_fd for g in (self.serving, self.booting) if g is not None and not g.ready]
-        wait(self.wakeup_r, seconds, also=unready)
+    def in_state(self, state):
+        return [g for g in self.generations if g.state == state]
 
-    def process_signals(self):
-        while self.signals:
-            sig = self.signals.pop(0)
-            if sig == signal.SIGTERM:
-                log.info("TERM received: finishing requests in hand, then stopping")
-                return True
-            if sig in (signal.SIGINT, signal.SIGQUIT):
-                return False
-            if sig == signal.SIGHUP:
-                self.reload("HUP received")
-            elif sig in (signal.SIGTTIN, signal.SIGTTOU):
-                self.workers = self.workers + 1 if sig == signal.SIGTTIN else max(1, self.workers - 1)
-                self.signal_generation(self.serving, sig)
-            elif sig == signal.SIGUSR1:
-                from .logfiles import reopen_log_files
+    def serving(self):
+        """The generation taking requests, to pass TTIN, TTOU and USR1 on to.
 
-                reopen_log_files()
-                self.signal_generation(self.serving, sig)
+        Generation 1 counts from its fork: it inherited handlers for them. An
+        exec'd generation does not until it has set its own, and the default
+        actions would stop or end it, so a booting reload never counts.
+        """
+        taking = (g for g in self.generations if g.state == SERVING or (g.state == BOOTING and not g.is_reload))
+        return next(taking, None)
+
+    def booting_reload(self):
+        return next((g for g in self.in_state(BOOTING) if g.is_reload), None)
+
+    # -- the Supervisor's loop -----------------------------------------------------
+
+    def start(self):
+        self.fork_first_generation()
+
+    def wake_fds(self):
+        return [g.ready_fd for g in self.in_state(BOOTING) if g.ready_fd is not None]
+
+    def tend(self):
+        status = self.reap_children()
+        if status is not None:
+            return status
+        self.promote_ready_generations()
+        self.kill_slow_reload()
+        if self.watcher is not None and self.booting_reload() is None:
+            changed = self.watcher.changed()
+            if changed:
+                self.reload(f"{changed[0]} changed")
         return None
+
+    def handle_hup(self):
+        self.reload("HUP received")
+
+    def set_worker_count(self, count, sig):
+        self.worker_count = count
+        self.pass_on(sig)
+
+    def pass_on(self, sig):
+        serving = self.serving()
+        if serving is not None:
+            kill_quietly(serving.pid, sig)
+
+    def child_pids(self):
+        return [g.pid for g in self.generations]
+
+    def forget_children(self):
+        for generation in self.generations:
+            generation.close_ready_pipe()
+        self.generations.clear()
+
+    def mark_stopping(self):
+        notify.stopping()
+        for generation in self.generations:
+            generation.state = STOPPING
+            generation.close_ready_pipe()
 
     # -- generations -----------------------------------------------------------
 
@@ -125,171 +180,100 @@ class Master:
             # to start-up, to free the little garbage importing leaves. The
             # generation's collections then leave these pages unwritten.
             gc.freeze()
-        ready_r, ready_w = os.pipe()
-        self.generations += 1
+        spec, ready_r = self.next_spec()
         pid = os.fork()
         if pid == 0:
-            status = 1
+            status = HALT_STATUS
             try:
                 os.close(ready_r)
                 close_wakeup_pipe(self.wakeup)
-                status = run_generation(self.listeners, self.config, self.load_app, self.name, 1, ready_w)
+                status = run_generation(spec, self.listeners, self.config, self.load_app, self.name)
             except HaltServer as exc:
                 sys.stderr.write(f"CommandError: {exc}\n")
             except BaseException:
                 log.exception("generation 1 crashed")
             finally:
                 os._exit(status)
-        os.close(ready_w)
-        generation = Generation(1, pid, ready_r, self.workers)
-        log.debug("%s booting", generation)
-        return generation
+        os.close(spec.ready_fd)
+        self.generations.append(Generation(1, pid, ready_r, spec.worker_count))
+        log.debug("%s booting", self.generations[-1])
+
+    def next_spec(self):
+        """The next generation's spec, and the read end of its ready pipe."""
+        self.last_number += 1
+        ready_r, ready_w = os.pipe()
+        fds = [listener.fileno() for listener in self.listeners]
+        return GenerationSpec(self.last_number, ready_w, fds, self.worker_count), ready_r
 
     def reload(self, why):
-        if self.booting is not None:
+        if self.booting_reload() is not None:
             log.info("%s: a reload is already under way", why)
             return
-        self.generations += 1
-        number = self.generations
-        ready_r, ready_w = os.pipe()
-        os.set_inheritable(ready_w, True)
-        spec = {
-            "number": number,
-            "ready_fd": ready_w,
-            "listen_fds": [listener.fileno() for listener in self.listeners],
-            "master_pid": os.getpid(),
-            "workers": self.workers,
-        }
-        env = dict(os.environ, **{GENERATION_ENV: json.dumps(spec)})
+        spec, ready_r = self.next_spec()
+        os.set_inheritable(spec.ready_fd, True)
         args = get_child_arguments()
-        log.info("%s: starting generation %d with fresh code", why, number)
+        log.info("%s: starting generation %d with fresh code", why, spec.number)
         notify.reloading()
         try:
-            pid = os.posix_spawn(args[0], args, env)
+            pid = os.posix_spawn(args[0], args, spec.to_environ(os.environ))
         except OSError as exc:
-            log.error("could not start generation %d: %s; still serving the previous code", number, exc)
+            log.error("could not start generation %d: %s; still serving the previous code", spec.number, exc)
             os.close(ready_r)
             notify.ready("reload failed; still serving the previous code")
             return
         finally:
-            os.close(ready_w)
-        self.booting = Generation(number, pid, ready_r, self.workers)
+            os.close(spec.ready_fd)
+        self.generations.append(Generation(spec.number, pid, ready_r, spec.worker_count))
 
-    def check_booting(self):
-        for generation in (self.serving, self.booting):
-            if generation is None or generation.ready:
-                continue
-            if _read_ready(generation.ready_fd):
-                generation.ready = True
-                os.close(generation.ready_fd)
-                if generation is self.booting:
-                    self.promote(generation)
-                else:
-                    log.info("%s serving, %d workers", generation, generation.workers)
-                notify.ready(f"generation {generation.number} serving, {generation.workers} workers")
-        booting = self.booting
-        boot_limit = max(60.0, 2 * self.config.timeout)
+    def promote_ready_generations(self):
+        for generation in self.in_state(BOOTING):
+            if generation.said_ready():
+                self.promote(generation)
+
+    def promote(self, generation):
+        generation.state = SERVING
+        older = [g for g in self.generations
+                 if g.number < generation.number and g.state in (BOOTING, SERVING)]
+        for old in older:
+            old.state = STOPPING
+            old.close_ready_pipe()
+            kill_quietly(old.pid, signal.SIGTERM)
+        retiring = f"; stopping generation {', '.join(str(g.number) for g in older)}" if older else ""
+        log.info("%s serving, %d workers%s", generation, generation.worker_count, retiring)
+        notify.ready(f"generation {generation.number} serving, {generation.worker_count} workers")
+
+    def kill_slow_reload(self):
+        booting = self.booting_reload()
+        boot_limit = max(MIN_BOOT_LIMIT, 2 * self.config.timeout)
         if booting is not None and time.monotonic() - booting.started > boot_limit:
             log.error("%s did not boot within %.0f s; killing it; still serving the previous code",
                       booting, boot_limit)
-            self.signal_generation(booting, signal.SIGKILL)
+            kill_quietly(booting.pid, signal.SIGKILL)
 
-    def promote(self, generation):
-        old, self.serving, self.booting = self.serving, generation, None
-        log.info("%s serving, %d workers; stopping generation %d", generation, generation.workers,
-                 old.number if old else 0)
-        if old is not None:
-            self.signal_generation(old, signal.SIGTERM)
-            self.stopping.append(old)
-
-    def reap_generations(self):
-        """Reap exited generations; return an exit status when the server must end."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return None
-            if not pid:
-                return None
-            code = os.waitstatus_to_exitcode(status)
-            if self.booting is not None and pid == self.booting.pid:
-                failed, self.booting = self.booting, None
-                if not failed.ready:
-                    os.close(failed.ready_fd)
-                log.error("%s failed (exit %s): still serving the previous code; fix the error and "
-                          "save (or send HUP) to retry", failed, code)
-                notify.ready(f"{failed} failed; still serving generation {self.serving.number if self.serving else '?'}")
-            elif self.serving is not None and pid == self.serving.pid:
-                dead, self.serving = self.serving, None
-                if not dead.ready:
-                    dead.ready = _read_ready(dead.ready_fd)  # it may have said so just before dying
-                    os.close(dead.ready_fd)
-                    if not dead.ready and dead.number == 1:
-                        if code != 1:  # 1: HaltServer, and the generation said why
-                            log.error("%s ended before serving (exit %s)", dead, code)
-                        return 1
-                log.error("%s exited unexpectedly (exit %s); starting a new one", dead, code)
-                self.reload("no generation serving")
-            else:
-                for old in self.stopping:
-                    if old.pid == pid:
-                        self.stopping.remove(old)
-                        log.info("%s stopped", old)
-
-    def signal_generation(self, generation, sig):
+    def child_exited(self, pid, status, stopping):
+        """Apply Generation's rules to an exit; return HALT_STATUS when generation 1 never served."""
+        generation = next((g for g in self.generations if g.pid == pid), None)
         if generation is None:
-            return
-        try:
-            os.kill(generation.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(self, graceful):
-        """Stop every generation; each stops its own workers. Return 0."""
-        notify.stopping()
-        generations = [g for g in (self.serving, self.booting, *self.stopping) if g is not None]
-        for generation in generations:
-            self.signal_generation(generation, signal.SIGTERM if graceful else signal.SIGQUIT)
-        # Each arbiter SIGKILLs its own stragglers after the grace period; this
-        # is the backstop for an arbiter that cannot.
-        deadline = time.monotonic() + (self.config.graceful_timeout if graceful else 1.0) + 5.0
-        pids = {g.pid for g in generations}
-        while pids and time.monotonic() < deadline:
-            for pid in list(pids):
-                try:
-                    if os.waitpid(pid, os.WNOHANG)[0]:
-                        pids.discard(pid)
-                except ChildProcessError:
-                    pids.discard(pid)
-            if pids:
-                self.sleep(0.05)
-                if graceful and {signal.SIGINT, signal.SIGQUIT} & set(self.signals):
-                    graceful = False
-                    for pid in pids:
-                        _kill(pid, signal.SIGQUIT)
-                    deadline = min(deadline, time.monotonic() + 6.0)
-        for pid in pids:
-            _kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        for listener in self.listeners:
-            listener.close()
-        return 0
-
-
-def _kill(pid, sig):
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _read_ready(fd):
-    ready, _, _ = select.select([fd], [], [], 0)
-    return bool(ready) and os.read(fd, 1) == b"R"
-
-
-def run_generation(listeners, config, load_app, name, number, ready_fd):
-    """Be one generation's arbiter: fork the workers, report when they all booted."""
-    arbiter = Arbiter(listeners, config, load_app, name=name, generation=number,
-                      ready_fd=ready_fd, master_pid=os.getppid())
-    return arbiter.run()
+            return None
+        self.generations.remove(generation)
+        code = os.waitstatus_to_exitcode(status)
+        if generation.state == BOOTING and generation.said_ready():
+            generation.state = SERVING  # it said so just before dying
+        generation.close_ready_pipe()
+        if stopping:
+            return None
+        if generation.state == STOPPING:
+            log.info("%s stopped", generation)
+        elif generation.state == SERVING:
+            log.error("%s exited unexpectedly (exit %s); starting a new one", generation, code)
+            self.reload("no generation serving")
+        elif not generation.is_reload:
+            if code != HALT_STATUS:  # a HaltServer: the generation said why
+                log.error("%s ended before serving (exit %s)", generation, code)
+            return HALT_STATUS
+        else:
+            serving = self.serving()
+            log.error("%s failed (exit %s): still serving the previous code; fix the error and "
+                      "save (or send HUP) to retry", generation, code)
+            notify.ready(f"{generation} failed; still serving generation {serving.number if serving else '?'}")
+        return None

@@ -1,8 +1,8 @@
-"""Listening sockets: bound once by the arbiter, inherited by every worker.
+"""Listening sockets: bound once by the master, inherited by every generation and worker.
 
 A listener is a plain socket.socket, non-blocking (workers accept() without
-waiting and select() on EAGAIN) and inheritable (so a future generation
-started with exec can take it over without ever closing the port).
+waiting and select() on EAGAIN) and inheritable (so a generation
+started with exec takes it over by fd number and the port never closes).
 """
 
 import errno

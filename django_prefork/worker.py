@@ -81,7 +81,7 @@ class SyncWorker:
     def handle_abort(self, signum, frame):
         # The arbiter found us silent past the timeout: say where we were stuck.
         stack = "".join(traceback.format_stack(frame))
-        what = self.heartbeat.describe(time.monotonic(), self.config.timeout)
+        what = self.heartbeat.describe_timeout(time.monotonic(), self.config.timeout)
         log.error("worker %d %s; the request's stack:\n%s", os.getpid(), what, stack)
         _flush_std_streams()
         os._exit(1)

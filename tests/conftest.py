@@ -1,6 +1,6 @@
 import pytest
 
-from .server import Server
+from .helpers import Server
 
 
 @pytest.fixture

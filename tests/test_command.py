@@ -1,4 +1,5 @@
-"""The management command's front door: arguments, platform, socket activation, the demo site."""
+"""The management command's front door: arguments, checks, the banner, binding
+(TCP, unix, socket activation), the pidfile, the demo site."""
 
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from .server import REPO, Server, wait_until
+from .helpers import REPO, Server
 
 
 def test_no_fork_is_a_command_error(monkeypatch):
@@ -112,20 +113,73 @@ def test_the_demo_site(tmp_path):
         server.wait_for(r'"GET /db HTTP/1.1" 200 \d+')
 
 
-def test_usr1_reopens_log_files(serve, tmp_path):
-    log = tmp_path / "access.log"
-    logging_config = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log)}},
-        "loggers": {"django.server": {"handlers": ["file"], "level": "INFO", "propagate": False}},
-    }
-    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_ACCESS_LOG": True, "LOGGING": logging_config})
-    server.get("/pid?first")
-    wait_until(lambda: "first" in log.read_text())
-    log.rename(tmp_path / "access.log.1")  # what logrotate does
-    os.kill(server.pid, signal.SIGUSR1)
-    wait_until(lambda: log.exists(), message="the log file to be reopened")
-    server.get("/pid?second")
-    wait_until(lambda: "second" in log.read_text(), message="a line in the new log file")
-    assert "second" not in (tmp_path / "access.log.1").read_text()
+def test_banner_says_what_runs(serve):
+    server = serve(settings={"PREFORK_WORKERS": 3, "PREFORK_BACKLOG": 64})
+    out = server.output
+    assert "Performing system checks..." in out
+    assert "Django version " in out and "using settings 'tests.fixtureapp.settings'" in out
+    assert f"Starting prefork server at http://127.0.0.1:{server.port}/" in out
+    assert (
+        f"Master pid {server.proc.pid}: 3 sync workers, 1 thread each, blocking I/O; "
+        "at most 3 requests at once, the rest queue (backlog 64)"
+    ) in out
+    assert "Quit the server with CONTROL-C." in out
+
+
+def test_worker_count_from_setting_and_option(serve):
+    assert len(serve(settings={"PREFORK_WORKERS": 3}).wait_workers(3)) == 3
+    server = serve("--workers", "1", settings={"PREFORK_WORKERS": 3})
+    assert "1 sync worker, 1 thread each" in server.output
+    assert len(server.wait_workers(1)) == 1
+
+
+def test_bad_setting_fails_the_checks_with_its_id(serve):
+    server = serve(settings={"PREFORK_WORKERS": 0}, wait=False)
+    server.wait_exit(1)
+    assert "prefork.E001" in server.output
+    assert "PREFORK_WORKERS is 0; it must be an integer ≥ 1." in server.output
+    assert "Traceback" not in server.output
+
+
+def test_bad_option_is_a_command_error(serve):
+    server = serve("--workers", "0", wait=False)
+    server.wait_exit(1)
+    assert "--workers 0: it must be an integer ≥ 1." in server.output
+    assert "Traceback" not in server.output
+
+
+def test_port_in_use_prints_runservers_message(serve):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        server = serve(addr=f"127.0.0.1:{taken.getsockname()[1]}", wait=False)
+        server.wait_exit(1)
+        assert "Error: That port is already in use." in server.output
+        assert "Traceback" not in server.output
+    finally:
+        taken.close()
+
+
+def test_unix_socket_bind_serves_and_is_removed(serve, tmp_path):
+    path = tmp_path / "app.sock"
+    server = serve(addr=f"unix:{path}")
+    assert f"Starting prefork server at unix:{path}" in server.output
+    status, body = server.get("/pid")
+    assert status == 200 and int(body) in server.wait_workers(2)
+    environ = json.loads(server.get("/environ", headers={"Host": "app.example:8443"})[1])
+    assert (environ["SERVER_NAME"], environ["SERVER_PORT"]) == ("app.example", "8443")
+    assert environ["REMOTE_ADDR"] == ""
+    assert server.stop() == 0
+    assert not path.exists()
+
+
+def test_pidfile_written_removed_and_refusing_a_live_pid(serve, tmp_path):
+    pidfile = tmp_path / "server.pid"
+    server = serve("--pidfile", str(pidfile))
+    assert int(pidfile.read_text()) == server.pid
+    second = serve("--pidfile", str(pidfile), wait=False)
+    second.wait_exit(1)
+    assert f"names pid {server.pid}, which is running" in second.output
+    assert server.stop() == 0
+    assert not pidfile.exists()

@@ -11,15 +11,7 @@ import time
 
 import pytest
 
-
-CRLF = b"\r\n"
-
-
-def head(*lines, body=b""):
-    return CRLF.join(lines) + CRLF + CRLF + body
-
-
-GOOD = head(b"GET /echo HTTP/1.1", b"Host: x")
+from .helpers import GOOD, dechunk, head, send, split, status_of, worker_pid
 
 # (id, raw request, expected status)
 CASES = [
@@ -106,59 +98,6 @@ CASES = [
     ("tls-handshake", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64, 400),
     ("incomplete-head-then-close", b"GET /echo HTTP/1.1\r\nHost: x\r\n", 400),
 ]
-
-STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
-
-
-def send(server, data, half_close=True, timeout=10):
-    """Send `data` (then shut our side) and return all the server answered."""
-    sock = server.connect(timeout)
-    try:
-        sock.sendall(data)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except ConnectionResetError:
-        return b"".join(chunks)
-    finally:
-        sock.close()
-
-
-def status_of(response):
-    match = STATUS.match(response)
-    assert match, f"not an HTTP/1.1 response: {response[:200]!r}"
-    return int(match.group(1))
-
-
-def worker_pid(server):
-    return json.loads(split(send(server, GOOD))[1])["pid"]
-
-
-def split(response):
-    """(head, body) of a response, the body de-chunked when it was sent chunked."""
-    head, _, body = response.partition(b"\r\n\r\n")
-    if re.search(rb"\r\nTransfer-Encoding: chunked\r\n", head + b"\r\n"):
-        body = dechunk(body)
-    return head, body
-
-
-def dechunk(data):
-    """The chunked body's content; AssertionError if the last chunk is missing."""
-    out = b""
-    while True:
-        size_line, sep, data = data.partition(b"\r\n")
-        assert sep, "the chunked body was cut short"
-        size = int(size_line, 16)
-        if size == 0:
-            assert data == b"\r\n", data[:100]
-            return out
-        assert data[size:size + 2] == b"\r\n", "the chunked body was cut short"
-        out += data[:size]
-        data = data[size + 2:]
-
 
 @pytest.mark.parametrize("data, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_adversarial_request(server, data, expected):
@@ -272,6 +211,7 @@ def test_a_large_upload_keeps_the_worker_memory_flat(server):
 
 
 def test_a_trickled_head_gets_408_within_the_client_timeout(server):
+    before = worker_pid(server)
     sock = server.connect()
     started = time.monotonic()
     try:
@@ -292,7 +232,7 @@ def test_a_trickled_head_gets_408_within_the_client_timeout(server):
         sock.close()
     assert status_of(response) == 408
     assert time.monotonic() - started < 6
-    assert worker_pid(server)
+    assert worker_pid(server) == before
 
 
 def test_a_stalled_body_is_cut_off_after_the_client_timeout(server):

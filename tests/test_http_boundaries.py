@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .test_http import dechunk, head, send, split, status_of, worker_pid
+from .helpers import Server, head, send, split, status_of, worker_pid
 
 RAW_APPS = "tests.fixtureapp.rawapps.application"
 GET = head(b"GET /x/SMUGGLED?id=2 HTTP/1.1", b"Host: x")
@@ -204,8 +204,6 @@ def test_upgrade_is_not_honoured_and_the_body_is_read(server):
 
 @pytest.fixture(scope="module")
 def two_workers():
-    from .server import Server
-
     srv = Server(settings={
         "PREFORK_WORKERS": 2, "PREFORK_CLIENT_TIMEOUT": 2, "PREFORK_TIMEOUT": 20, "WSGI_APPLICATION": RAW_APPS,
     })

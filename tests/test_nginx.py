@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from .server import Server, wait_until
+from .helpers import Server, wait_until
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx)")

@@ -12,4 +12,5 @@ urlpatterns = [
     path("secure", views.secure),
     path("count", views.count),
     path("die", views.die),
+    path("loaded_by", views.loaded_by),
 ]

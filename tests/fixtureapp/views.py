@@ -68,3 +68,10 @@ def die(request):
 
         ctypes.string_at(0)
     os._exit(int(how))
+
+
+def loaded_by(request):
+    """Which process loaded the WSGI app (the arbiter, when preloaded), and which one answers."""
+    from . import wsgi
+
+    return JsonResponse({"loaded_by": wsgi.LOADED_BY, "pid": os.getpid()})

@@ -10,10 +10,8 @@ whole front door is runserver's own code and only the serving is ours.
 """
 
 import functools
-import json
 import logging
 import os
-import socket
 import sys
 from datetime import datetime
 
@@ -24,8 +22,9 @@ from django.core.management.base import CommandError
 from django.core.management.commands.runserver import Command as RunserverCommand
 
 from django_prefork import conf, pidfile, sockets
-from django_prefork.arbiter import HaltServer
-from django_prefork.master import GENERATION_ENV, Master, run_generation
+from django_prefork.arbiter import GenerationSpec, run_generation
+from django_prefork.master import Master
+from django_prefork.supervisor import HaltServer
 
 # Command-line options and the settings they override.
 OVERRIDES = {
@@ -52,13 +51,13 @@ class PreforkServer:
         self.load_app = load_app
 
     def serve_forever(self):
-        self.command.serve(self.listeners, self.load_app)
+        self.command.run_master(self.listeners, self.load_app)
 
 
 class Command(StaticfilesRunserver):
     help = (
-        "Starts a prefork server: this process binds the socket, and an arbiter forks "
-        "sync worker processes that serve the project's WSGI application. HUP reloads."
+        "Starts a prefork server: this process, the master, binds the socket, and an arbiter "
+        "forks sync worker processes that serve the project's WSGI application. HUP reloads."
     )
 
     def add_arguments(self, parser):
@@ -78,7 +77,7 @@ class Command(StaticfilesRunserver):
             "--reload", action="store_true", dest="use_reloader",
             help="Reload on code changes (default: on when DEBUG).",
         )
-        parser.add_argument("--pidfile", help="Write the arbiter's pid to this file.")
+        parser.add_argument("--pidfile", help="Write the master's pid (the one to signal) to this file.")
         # runserver's --noreload stores False; absent, let PREFORK_RELOAD decide.
         parser.set_defaults(use_reloader=None)
 
@@ -94,9 +93,9 @@ class Command(StaticfilesRunserver):
         self.overrides = {
             setting: options[option] for option, setting in OVERRIDES.items() if options.get(option) is not None
         }
-        generation = os.environ.pop(GENERATION_ENV, None)
-        if generation:
-            return self.serve_generation(json.loads(generation), options)
+        spec = GenerationSpec.pop_from_environ()
+        if spec:
+            return self.run_reloaded_generation(spec, options)
         for setting, value in conf.problems(self.overrides):
             if setting.name in self.overrides:
                 option = next(o for o, s in OVERRIDES.items() if s == setting.name)
@@ -152,14 +151,14 @@ class Command(StaticfilesRunserver):
             f"{datetime.now().strftime('%B %d, %Y - %X')}\n"
             f"Django version {self.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
             f"Starting prefork server at {where}\n"
-            f"Arbiter pid {os.getpid()}: {workers}, 1 thread each, blocking I/O; "
+            f"Master pid {os.getpid()}: {workers}, 1 thread each, blocking I/O; "
             f"at most {n} request{'s' if n != 1 else ''} at once, the rest queue (backlog {self.config.backlog})\n"
             f"Generation 1; reload with kill -HUP {os.getpid()}"
             f"{' or by saving a file (autoreload on)' if self.config.reload else ''}\n"
             f"Quit the server with {quit_command}."
         )
 
-    def serve(self, listeners, load_app):
+    def run_master(self, listeners, load_app):
         configure_logging()
         if self.pidfile:
             pidfile.write(self.pidfile)
@@ -176,16 +175,15 @@ class Command(StaticfilesRunserver):
         if status:
             sys.exit(status)
 
-    def serve_generation(self, spec, options):
-        """Serve as generation N of a reload: exec'd by the master, fresh code."""
+    def run_reloaded_generation(self, spec, options):
+        """Be generation N of a reload: exec'd by the master, with fresh code."""
         configure_logging()
         if not options["skip_checks"]:
             self.check()  # errors: SystemCheckError, exit 1; the master keeps the old code
-        config = load_config(dict(self.overrides, PREFORK_WORKERS=spec["workers"]))
-        listeners = [sockets.Listener(socket.socket(fileno=fd), inherited=True) for fd in spec["listen_fds"]]
+        config = load_config(dict(self.overrides, PREFORK_WORKERS=spec.worker_count))
         load_app = self.get_handler(**options)
         try:
-            status = run_generation(listeners, config, load_app, project_name(), spec["number"], spec["ready_fd"])
+            status = run_generation(spec, spec.inherit_listeners(), config, load_app, project_name())
         except HaltServer as exc:
             raise CommandError(str(exc)) from None
         if status:

@@ -1,4 +1,5 @@
-"""Start `runprefork` as a real process and talk to it over real sockets."""
+"""What the tests share: `Server` starts `runprefork` as a real process and
+talks to it over real sockets; the functions below it speak raw HTTP/1.1 to it."""
 
 import http.client
 import json
@@ -13,7 +14,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BANNER_URL = re.compile(r"Starting prefork server at (\S+)")
-BANNER_PID = re.compile(r"Arbiter pid (\d+): (\d+) sync worker")
+BANNER_PID = re.compile(r"Master pid (\d+): (\d+) sync worker")
+EXIT_WAIT = 20  # seconds a server that fails to start may take to say why and exit
 
 
 def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
@@ -111,6 +113,12 @@ class Server:
             return pids if len(pids) == count else None
 
         return wait_until(ready, timeout, message=f"{count} workers (output:\n{self.output})")
+
+    def wait_exit(self, code, timeout=EXIT_WAIT):
+        """Wait for the server to exit by itself with status `code`; its output is then complete."""
+        status = self.proc.wait(timeout)
+        self._reader.join(5)
+        assert status == code, f"exited {status}, not {code}:\n{self.output}"
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
         if self.proc is None:
@@ -217,3 +225,67 @@ class Server:
             return b"".join(chunks)
         finally:
             sock.close()
+
+
+# -- raw HTTP ----------------------------------------------------------------------
+
+CRLF = b"\r\n"
+
+
+def head(*lines, body=b""):
+    return CRLF.join(lines) + CRLF + CRLF + body
+
+
+GOOD = head(b"GET /echo HTTP/1.1", b"Host: x")
+
+STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
+
+
+def send(server, data, half_close=True, timeout=10):
+    """Send `data` (then shut our side) and return all the server answered."""
+    sock = server.connect(timeout)
+    try:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except ConnectionResetError:
+        return b"".join(chunks)
+    finally:
+        sock.close()
+
+
+def status_of(response):
+    match = STATUS.match(response)
+    assert match, f"not an HTTP/1.1 response: {response[:200]!r}"
+    return int(match.group(1))
+
+
+def worker_pid(server):
+    return json.loads(split(send(server, GOOD))[1])["pid"]
+
+
+def split(response):
+    """(head, body) of a response, the body de-chunked when it was sent chunked."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    if re.search(rb"\r\nTransfer-Encoding: chunked\r\n", head + b"\r\n"):
+        body = dechunk(body)
+    return head, body
+
+
+def dechunk(data):
+    """The chunked body's content; AssertionError if the last chunk is missing."""
+    out = b""
+    while True:
+        size_line, sep, data = data.partition(b"\r\n")
+        assert sep, "the chunked body was cut short"
+        size = int(size_line, 16)
+        if size == 0:
+            assert data == b"\r\n", data[:100]
+            return out
+        assert data[size:size + 2] == b"\r\n", "the chunked body was cut short"
+        out += data[:size]
+        data = data[size + 2:]

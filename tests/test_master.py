@@ -1,4 +1,6 @@
-"""Reloads under load: HUP and autoreload replace every worker and refuse nothing."""
+"""The master, on real processes: reloads under load (HUP and autoreload replace
+every worker and refuse nothing), failed reloads, and the signals it acts on or
+passes on; no process outlives it."""
 
 import http.client
 import os
@@ -8,7 +10,7 @@ import time
 
 import pytest
 
-from .server import Server, alive, children, wait_until
+from .helpers import Server, alive, children, wait_until
 
 SETTINGS = """
 from pathlib import Path
@@ -208,3 +210,77 @@ def test_ctrl_c_during_a_reload_stops_everything(project):
         assert server.stop(signal.SIGINT) == 0
         assert time.monotonic() - started < 8
         wait_until(lambda: not any(alive(p) for p in everyone), timeout=10, message="every process to exit")
+
+
+def test_term_lets_a_slow_request_finish_and_leaves_nothing(serve):
+    server = serve(settings={"PREFORK_WORKERS": 2})
+    workers = server.wait_workers(2)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=server.get("/slow?s=1.5")))
+    thread.start()
+    server.wait_for("slow request started")  # the worker holds it now
+    assert server.stop(signal.SIGTERM) == 0
+    thread.join(5)
+    assert result["r"][0] == 200 and result["r"][1].startswith(b"slept in")
+    wait_until(lambda: not any(alive(p) for p in workers), timeout=5)
+    assert "crashed" not in server.output and "exited with code" not in server.output
+
+
+def test_int_stops_at_once(serve):
+    server = serve(settings={"PREFORK_WORKERS": 2})
+    workers = server.wait_workers(2)
+    started = time.monotonic()
+    assert server.stop(signal.SIGINT) == 0
+    assert time.monotonic() - started < 3
+    wait_until(lambda: not any(alive(p) for p in workers), timeout=3)
+
+
+def test_ttin_and_ttou_change_the_count_never_below_one(serve):
+    server = serve(settings={"PREFORK_WORKERS": 1})
+    server.wait_workers(1)
+    os.kill(server.pid, signal.SIGTTIN)
+    server.wait_workers(2)
+    for _ in range(3):
+        os.kill(server.pid, signal.SIGTTOU)
+    server.wait_for("TTOU: 1 workers")
+    server.wait_workers(1)
+    assert server.get()[0] == 200
+
+
+def test_workers_exit_when_the_master_is_killed(serve):
+    server = serve(settings={"PREFORK_WORKERS": 2, "PREFORK_TIMEOUT": 2})
+    workers = server.wait_workers(2)
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait(5)
+    wait_until(lambda: not any(alive(p) for p in workers), timeout=4, message="orphaned workers to exit")
+
+
+def test_a_killed_generation_arbiter_is_replaced(serve):
+    server = serve(settings={"PREFORK_WORKERS": 2, "PREFORK_TIMEOUT": 2})
+    old_workers = server.wait_workers(2)
+    (arbiter,) = server.arbiter_pids()
+    server.wait_for(rf"generation 1 \(pid {arbiter}\) serving")
+    os.kill(arbiter, signal.SIGKILL)
+    server.wait_for(rf"generation 1 \(pid {arbiter}\) exited unexpectedly \(exit -9\); starting a new one")
+    server.wait_for(r"generation 2 \(pid \d+\) serving", timeout=30)
+    wait_until(lambda: not any(alive(p) for p in old_workers), timeout=5, message="the orphaned workers to exit")
+    assert int(server.get("/pid")[1]) in server.wait_workers(2)
+
+
+def test_usr1_reopens_log_files(serve, tmp_path):
+    log = tmp_path / "access.log"
+    logging_config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log)}},
+        "loggers": {"django.server": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+    }
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_ACCESS_LOG": True, "LOGGING": logging_config})
+    server.get("/pid?first")
+    wait_until(lambda: "first" in log.read_text())
+    log.rename(tmp_path / "access.log.1")  # what logrotate does
+    os.kill(server.pid, signal.SIGUSR1)
+    wait_until(lambda: log.exists(), message="the log file to be reopened")
+    server.get("/pid?second")
+    wait_until(lambda: "second" in log.read_text(), message="a line in the new log file")
+    assert "second" not in (tmp_path / "access.log.1").read_text()
