@@ -241,6 +241,17 @@ GOOD = head(b"GET /echo HTTP/1.1", b"Host: x")
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
 
 
+def receive_all(sock):
+    """Everything the server sends until it closes (a reset ends it too)."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
 def send(server, data, half_close=True, timeout=10):
     """Send `data` (then shut our side) and return all the server answered."""
     sock = server.connect(timeout)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .helpers import GOOD, dechunk, head, send, split, status_of, worker_pid
+from .helpers import GOOD, dechunk, head, receive_all, send, split, status_of, worker_pid
 
 # (id, raw request, expected status)
 CASES = [
@@ -178,9 +178,7 @@ def test_expect_100_continue_is_sent_when_the_app_reads(server):
         interim = sock.recv(100)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(b"hello")
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
+        response = receive_all(sock)
     finally:
         sock.close()
     assert status_of(response) == 200 and json.loads(split(response)[1])["body"] == "hello"
@@ -200,9 +198,7 @@ def test_a_large_upload_keeps_the_worker_memory_flat(server):
         block = b"x" * (1 << 20)
         for _ in range(size // len(block)):
             sock.sendall(block)
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
+        response = receive_all(sock)
     finally:
         sock.close()
     result = json.loads(split(response)[1])
@@ -242,9 +238,7 @@ def test_a_stalled_body_is_cut_off_after_the_client_timeout(server):
     try:
         sock.sendall(head(b"POST /echo HTTP/1.1", b"Host: x", b"Content-Length: 100", body=b"only ten b"))
         sock.settimeout(8)
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
+        response = receive_all(sock)
     finally:
         sock.close()
     assert time.monotonic() - started < 5

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .helpers import Server, head, send, split, status_of, worker_pid
+from .helpers import Server, head, receive_all, send, split, status_of, worker_pid
 
 RAW_APPS = "tests.fixtureapp.rawapps.application"
 GET = head(b"GET /x/SMUGGLED?id=2 HTTP/1.1", b"Host: x")
@@ -65,10 +65,7 @@ def send_in_two(server, first, rest, pause=0.05):
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # already answered and closed: the rest never mattered
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return receive_all(sock)
     finally:
         sock.close()
 
@@ -182,9 +179,7 @@ def test_a_body_read_whole_costs_about_its_size(serve):
                 for _ in range(size // len(block)):
                     sock.sendall(b"%x\r\n%b\r\n" % (len(block), block))
                 sock.sendall(b"0\r\n\r\n")
-            response = b""
-            while chunk := sock.recv(65536):
-                response += chunk
+            response = receive_all(sock)
         finally:
             sock.close()
         result = json.loads(split(response)[1])
@@ -229,13 +224,8 @@ def trickle(server, rate, seconds, results, name):
             except OSError:
                 break
             sent += step
-        response = b""
         sock.settimeout(10)
-        try:
-            while chunk := sock.recv(65536):
-                response += chunk
-        except ConnectionResetError:
-            pass
+        response = receive_all(sock)
         results[name] = (status_of(response), time.monotonic() - started)
     finally:
         sock.close()
