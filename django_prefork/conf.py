@@ -4,6 +4,7 @@ One table owns them all (waitress keeps its adjustments the same way), so
 the checks, the command-line overrides and the docs cannot drift apart.
 """
 
+import ipaddress
 import os
 import tempfile
 from dataclasses import dataclass, fields
@@ -63,6 +64,43 @@ def _writable_dir(value):
 _writable_dir.wants = "a path to an existing directory this process can write to"
 
 
+def _socket_mode(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777
+
+
+_socket_mode.wants = "a file mode from 0o000 to 0o777, such as 0o660 or 0o666"
+
+
+def _peer_addresses(value):
+    if not isinstance(value, (list, tuple)):
+        return False
+    try:
+        forwarded_trust(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+_peer_addresses.wants = 'a list of IP addresses or networks ("10.0.0.0/8"), or ["*"] to trust every peer'
+
+
+def forwarded_trust(allowed):
+    """A predicate on a TCP peer's address: may it say X-Forwarded-Proto?"""
+    if "*" in allowed:
+        return lambda host: True
+    networks = [ipaddress.ip_network(a, strict=False) for a in allowed]
+
+    def trusts(host):
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:127.0.0.1 on a dual-stack socket
+        return any(address in network for network in networks)
+
+    return trusts
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -91,6 +129,8 @@ SETTINGS = (
     Setting("PREFORK_RELOAD", "prefork.E014", _debug, _bool),
     Setting("PREFORK_ACCESS_LOG", "prefork.E015", _debug, _bool),
     Setting("PREFORK_CLIENT_MIN_RATE", "prefork.E016", 4096, _int(0)),
+    Setting("PREFORK_UNIX_SOCKET_MODE", "prefork.E017", 0o666, _socket_mode),
+    Setting("PREFORK_FORWARDED_ALLOW_IPS", "prefork.E018", ("127.0.0.1", "::1"), _peer_addresses),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -134,6 +174,8 @@ class Config:
     reload: bool
     access_log: bool
     client_min_rate: int
+    unix_socket_mode: int
+    forwarded_allow_ips: tuple
 
     @classmethod
     def load(cls, overrides=None):

@@ -1,11 +1,10 @@
-"""Process titles (`runprefork worker 2 [testproject]`) when setproctitle is installed."""
+"""Process titles, so `ps` tells the master, the arbiters and the workers apart:
+`runprefork master [testproject]`, `runprefork arbiter [testproject] generation 2`,
+`runprefork worker 2 [testproject]` (setproctitle: a dependency, wheels for every
+platform Django supports)."""
 
-try:
-    from setproctitle import setproctitle
-except ImportError:  # optional: ps shows the python command line instead
-    setproctitle = None
+from setproctitle import setproctitle
 
 
 def set_title(title):
-    if setproctitle is not None:
-        setproctitle(title)
+    setproctitle(title)

@@ -104,11 +104,14 @@ def bind_tcp(host, port, ipv6, backlog, client_timeout):
     return Listener(sock)
 
 
-def bind_unix(path, backlog):
+def bind_unix(path, backlog, mode=0o666):
     _remove_stale_unix_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
+        # bind() applies the umask: under 022 nginx running as another user
+        # could not connect (EACCES, a 502). The directory guards the socket.
+        os.chmod(path, mode)
         sock.listen(backlog)
     except BaseException:
         sock.close()

@@ -17,6 +17,7 @@ from email.utils import formatdate
 from django.utils.log import log_message
 
 from . import __version__
+from .conf import forwarded_trust
 from .http import TOKEN, Body, ClientGone, HTTPError, Limits, decode_path, read_request, split_target
 from .sockets import set_io_timeout
 
@@ -74,6 +75,8 @@ class WorkerContext:
         )
         self.access_log = config.access_log
         self.unix = listener.sock.family == socket.AF_UNIX
+        # A unix socket's peer is the proxy on this machine: trusted, as gunicorn does.
+        self.trusts_forwarded = (lambda host: True) if self.unix else forwarded_trust(config.forwarded_allow_ips)
         if not self.unix:
             set_io_timeout(listener.sock, self.client_timeout)  # inherited by each connection
         self.base_environ = {
@@ -155,6 +158,11 @@ def build_environ(context, request, client):
         if key in environ:
             value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
         environ[key] = value
+    proto = environ.get("HTTP_X_FORWARDED_PROTO")
+    if proto is not None and context.trusts_forwarded(environ["REMOTE_ADDR"]):
+        # The first value, as Django reads SECURE_PROXY_SSL_HEADER: the one the proxy nearest the client set.
+        if proto.split(",", 1)[0].strip().lower() == "https":
+            environ["wsgi.url_scheme"] = "https"
     if authority is not None:  # RFC 9112 §3.2.2: absolute-form wins over Host
         environ["HTTP_HOST"] = authority.decode("latin-1")
     if context.unix and "HTTP_HOST" in environ:

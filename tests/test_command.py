@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -172,6 +173,18 @@ def test_unix_socket_bind_serves_and_is_removed(serve, tmp_path):
     assert environ["REMOTE_ADDR"] == ""
     assert server.stop() == 0
     assert not path.exists()
+
+
+@pytest.mark.parametrize("mode", [None, 0o660])
+def test_unix_socket_mode_whatever_the_umask(serve, tmp_path, mode):
+    path = tmp_path / "app.sock"
+    settings = {} if mode is None else {"PREFORK_UNIX_SOCKET_MODE": mode}
+    old = os.umask(0o077)  # the server inherits it: without the setting, srwx------
+    try:
+        serve(addr=f"unix:{path}", settings=settings)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == (0o666 if mode is None else mode)
 
 
 def test_pidfile_written_removed_and_refusing_a_live_pid(serve, tmp_path):

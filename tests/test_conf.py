@@ -62,6 +62,10 @@ def test_every_setting_has_its_own_check_id():
         ("PREFORK_ACCESS_LOG", None, "prefork.E015"),
         ("PREFORK_CLIENT_MIN_RATE", -1, "prefork.E016"),
         ("PREFORK_CLIENT_MIN_RATE", 1024.5, "prefork.E016"),
+        ("PREFORK_UNIX_SOCKET_MODE", 0o1777, "prefork.E017"),
+        ("PREFORK_UNIX_SOCKET_MODE", "0666", "prefork.E017"),
+        ("PREFORK_FORWARDED_ALLOW_IPS", "127.0.0.1", "prefork.E018"),
+        ("PREFORK_FORWARDED_ALLOW_IPS", ["127.0.0.1", "nginx.local"], "prefork.E018"),
     ],
 )
 def test_bad_values_fail_their_check_with_a_hint(name, value, check_id):

@@ -1,15 +1,20 @@
 """Debian's nginx in front, for real: over a unix socket and over TCP.
 
 The config written here is the one docs/deploy.md shows (less the TLS lines:
-X-Forwarded-Proto is set to https as a TLS-terminating proxy would).
+X-Forwarded-Proto is set to https as a TLS-terminating proxy would). As in
+production, nginx's workers run as another user (nobody) than runprefork,
+which starts under umask 022; the site has SECURE_SSL_REDIRECT on and no
+SECURE_PROXY_SSL_HEADER, as a site moved from gunicorn has.
 """
 
 import http.client
 import json
 import os
+import pathlib
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -22,7 +27,7 @@ pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (a
 
 CONFIG = """
 daemon off;
-master_process off;
+{user}
 worker_processes 1;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
@@ -63,14 +68,25 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("nginx")
-    settings = {"PREFORK_WORKERS": 1, "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"]}
-    over_unix = Server(settings=settings, addr=f"unix:{tmp}/app.sock").start()
-    over_tcp = Server(settings=settings).start()
+def stack():
+    # A directory nginx's unprivileged workers can reach (pytest's tmp_path is 0700).
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="prefork-nginx-"))
+    tmp.chmod(0o755)
+    settings = {
+        "PREFORK_WORKERS": 1, "SECURE_SSL_REDIRECT": True,
+        "MIDDLEWARE": ["django.middleware.security.SecurityMiddleware"],
+    }
+    old_umask = os.umask(0o022)
+    try:
+        over_unix = Server(settings=settings, addr=f"unix:{tmp}/app.sock").start()
+        over_tcp = Server(settings=settings).start()
+    finally:
+        os.umask(old_umask)
     nginx_port = free_port()
     config = tmp / "nginx.conf"
-    config.write_text(CONFIG.format(tmp=tmp, sock=f"{tmp}/app.sock", port=over_tcp.port, nginx_port=nginx_port))
+    user = "user nobody nogroup;" if os.geteuid() == 0 else ""  # else nginx runs as us anyway
+    config.write_text(CONFIG.format(tmp=tmp, sock=f"{tmp}/app.sock", port=over_tcp.port, nginx_port=nginx_port,
+                                    user=user))
     proc = subprocess.Popen([NGINX, "-c", str(config), "-p", str(tmp)], stderr=subprocess.PIPE)
 
     def up():
@@ -88,6 +104,9 @@ def stack(tmp_path_factory):
     proc.stderr.close()
     over_unix.close()
     over_tcp.close()
+    errors = (tmp / "error.log").read_text() if (tmp / "error.log").exists() else ""
+    shutil.rmtree(tmp, ignore_errors=True)
+    assert "Permission denied" not in errors, errors
 
 
 def through_nginx(port, method, path, via, body=None, headers=None):
@@ -102,8 +121,9 @@ def through_nginx(port, method, path, via, body=None, headers=None):
 
 @pytest.mark.parametrize("via", ["unix", "tcp"])
 def test_requests_pass_and_forwarded_proto_makes_django_secure(stack, via):
+    # Without PREFORK_FORWARDED_ALLOW_IPS' default, SECURE_SSL_REDIRECT would answer 301 to itself forever.
     status, body = through_nginx(stack, "GET", "/secure", via, headers={"Host": "app.example"})
-    assert status == 200
+    assert status == 200, body
     assert json.loads(body) == {"is_secure": True, "host": "app.example"}
 
 

@@ -54,6 +54,15 @@ class PreforkServer:
         self.command.run_master(self.listeners, self.load_app)
 
 
+def _remove_option(parser, option):
+    # argparse has no public way to take back an option a parent class added.
+    action = parser._option_string_actions.pop(option)
+    parser._remove_action(action)
+    for group in parser._action_groups:
+        if action in group._group_actions:
+            group._group_actions.remove(action)
+
+
 class Command(StaticfilesRunserver):
     help = (
         "Starts a prefork server: this process, the master, binds the socket, and an arbiter "
@@ -62,8 +71,12 @@ class Command(StaticfilesRunserver):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
+        _remove_option(parser, "--nothreading")  # one thread a worker, always: it would mean nothing
         parser.add_argument("-w", "--workers", type=int, help="Worker processes (PREFORK_WORKERS).")
-        parser.add_argument("--timeout", type=float, help="Seconds a worker may be silent (PREFORK_TIMEOUT).")
+        parser.add_argument(
+            "--timeout", type=float,
+            help="Seconds a request may run (a worker stay silent) before it is killed; 0 = never (PREFORK_TIMEOUT).",
+        )
         parser.add_argument(
             "--graceful-timeout", type=float,
             help="Seconds workers get to finish on TERM (PREFORK_GRACEFUL_TIMEOUT).",
@@ -130,7 +143,7 @@ class Command(StaticfilesRunserver):
         self.listeners = sockets.systemd_listeners()
         if not self.listeners:
             if self.unix_path:
-                self.listeners = [sockets.bind_unix(self.unix_path, self.config.backlog)]
+                self.listeners = [sockets.bind_unix(self.unix_path, self.config.backlog, self.config.unix_socket_mode)]
             else:
                 host, port = server_address
                 self.listeners = [
