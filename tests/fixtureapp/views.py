@@ -80,6 +80,7 @@ def loaded_by(request):
 def debug(request):
     """A developer's breakpoint: pdb reads the commands from the server's terminal."""
     answer = "before the breakpoint"
+    print(f"breakpoint in pid {os.getpid()}", file=sys.stderr, flush=True)
     breakpoint()
     answer = "after the breakpoint"
     return HttpResponse(answer, content_type="text/plain")
