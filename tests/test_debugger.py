@@ -45,10 +45,14 @@ class PtyServer:
         self.chunks = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+        self.pid = self.port = None
+        self.seen = set()
+
+    def wait_banner(self):
         banner = self.wait_for(BANNER_PID, timeout=30)
         self.pid = int(banner.group(1))
         self.port = int(BANNER_URL.search(self.output).group(1).rstrip("/").rsplit(":", 1)[1])
-        self.seen = set()
+        return self
 
     def _read(self):
         while True:
@@ -76,6 +80,8 @@ class PtyServer:
         return termios.tcgetattr(self.master_fd)[3]  # the slave's settings, seen from the master side
 
     def worker_pids(self):
+        if self.pid is None:
+            return []
         pids = [w for arbiter in children(self.pid) for w in children(arbiter)]
         self.seen.update(pids)
         return pids
@@ -126,8 +132,8 @@ def pty_server():
     started = []
 
     def start(*args, **kwargs):
-        started.append(PtyServer(*args, **kwargs))
-        return started[-1]
+        started.append(PtyServer(*args, **kwargs))  # killed at teardown even if it never starts
+        return started[-1].wait_banner()
 
     yield start
     for server in started:
