@@ -8,7 +8,9 @@ workers: `reap_children` (a death is logged with what it cost, and a boot
 failure before any worker ever loaded the app halts the server),
 `notice_booted_workers` (and tell the master once all have),
 `murder_lazy_workers` (SIGABRT past PREFORK_TIMEOUT, SIGKILL 2 s later; it
-goes on while the generation stops), `maintain_worker_count`.
+goes on while the generation stops; it passes over a worker whose heartbeat
+says pdb holds it, see debugger.py), `maintain_worker_count`. After each
+worker's death it puts the terminal's settings back (terminal.py).
 
 A generation is started by `run_generation`, given a `GenerationSpec`: the
 master forks generation 1 and calls it directly; a reload execs the command
@@ -26,11 +28,12 @@ import signal
 import socket
 import time
 
-from . import heartbeat, proctitle
+from . import debugger, heartbeat, proctitle
 from .heartbeat import Heartbeat
 from .signals import close_wakeup_pipe, die_with_parent
 from .sockets import Listener
 from .supervisor import HaltServer, Supervisor, kill_quietly
+from .terminal import Terminal
 from .worker import BOOT_ERROR, SyncWorker
 
 log = logging.getLogger("django_prefork")
@@ -50,6 +53,7 @@ class GenerationSpec:
     ready_fd: int  # the pipe's write end: "R" once every worker has loaded the app
     listen_fds: list
     worker_count: int
+    terminal: list = None  # the terminal's settings as the master found them (terminal.py)
 
     def to_environ(self, environ):
         return dict(environ, **{self.ENV: json.dumps(dataclasses.asdict(self))})
@@ -66,7 +70,9 @@ class GenerationSpec:
 
 def run_generation(spec, listeners, config, load_app, name):
     """Be generation `spec.number`'s arbiter until it stops; return the exit status."""
-    return Arbiter(listeners, config, load_app, name, spec.number, spec.ready_fd).run()
+    arbiter = Arbiter(listeners, config, load_app, name, spec.number, spec.ready_fd)
+    arbiter.terminal = Terminal.from_json(spec.terminal)
+    return arbiter.run()
 
 
 class WorkerProcess:
@@ -109,6 +115,7 @@ class Arbiter(Supervisor):
 
     def start(self):
         die_with_parent(signal.SIGQUIT)
+        debugger.install()  # once, before forking: the workers share the wrapped pdb
         if self.config.preload_app:
             app = self.load_app()
             self.load_app = lambda: app
@@ -218,6 +225,7 @@ class Arbiter(Supervisor):
         if w is None:
             return None
         try:
+            self.restore_terminal()
             if stopping and w.aborted_at is None:
                 code = os.waitstatus_to_exitcode(status)
                 if code not in (0, -signal.SIGTERM, -signal.SIGQUIT, -signal.SIGINT):
@@ -227,6 +235,13 @@ class Arbiter(Supervisor):
         finally:
             w.heartbeat.close()
         return None
+
+    def restore_terminal(self):
+        # A worker that died at the (Pdb) prompt left echo off. Another one
+        # still at its prompt owns the terminal now: leave it alone.
+        if self.terminal is not None and not any(w.heartbeat.debugging() for w in self.workers.values()):
+            if self.terminal.restore():
+                log.debug("restored the terminal's settings after a worker's death")
 
     def forget_children(self):
         for w in self.workers.values():
@@ -274,6 +289,14 @@ class Arbiter(Supervisor):
         if not timeout:
             return
         for w in list(self.workers.values()):
+            if w.heartbeat.debugging():
+                # A person at the (Pdb) prompt, not a stuck request: the
+                # silence counts from when pdb lets go. A SIGABRT that crossed
+                # the worker's way into pdb was ignored; call off the SIGKILL.
+                w.heartbeat.forgive(now)
+                if not w.killed:
+                    w.aborted_at = None
+                continue
             if w.aborted_at is not None:
                 if not w.killed and now - w.aborted_at >= KILL_AFTER_ABORT:
                     w.killed = True

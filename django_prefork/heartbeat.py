@@ -13,6 +13,9 @@ The file's bytes carry what the arbiter may need to say about the worker:
   worker with plain memory stores, no syscall, at the start and end of each
   request, so a timeout can name the request even when the worker is stuck
   in C code and cannot say anything itself;
+* the page's last byte: 1 while pdb holds the worker (debugger.py sets it
+  on entering `Pdb.interaction` and clears it on leaving), so the arbiter
+  lets a person take their time instead of killing the worker;
 * after it, the boot status: "booting", "ready", or the traceback a worker
   died of, so that is reported once instead of once per worker.
 """
@@ -27,6 +30,7 @@ BOOTING, READY, BOOT_FAILED = b"B", b"R", b"F"
 PAGE = mmap.PAGESIZE
 _STARTED = struct.Struct("dH")  # monotonic start (0.0: idle), length of "METHOD target"
 _REQUEST_MAX = 1024
+_DEBUGGING = PAGE - 1  # offset of the debugger flag, far past the longest request line
 
 
 class Heartbeat:
@@ -67,6 +71,9 @@ class Heartbeat:
     def end_request(self):
         _STARTED.pack_into(self.page, 0, 0.0, 0)
 
+    def set_debugging(self, held):
+        self.page[_DEBUGGING] = 1 if held else 0
+
     # -- the arbiter's side ------------------------------------------------
 
     def silent_for(self, now):
@@ -80,6 +87,10 @@ class Heartbeat:
         """Restart the silence count: the arbiter was not looking (stopped, starved)."""
         self._seen_ctime = os.fstat(self.fd).st_ctime_ns
         self._seen_at = now
+
+    def debugging(self):
+        """Whether the worker says pdb holds it (a person at the prompt, not a stuck request)."""
+        return self.page[_DEBUGGING] != 0
 
     def read_status(self):
         size = int.from_bytes(os.pread(self.fd, 4, PAGE).ljust(4, b"\0"), "little")

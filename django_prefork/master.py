@@ -18,6 +18,11 @@ rules a generation lives by are Generation's docstring. The loop, signal
 handling and stopping are the Supervisor's; the master runs no thread (it
 forks generation 1). It reloads on HUP, forwards TTIN, TTOU and USR1 to the
 serving generation, and TERM, INT and QUIT to all of them.
+
+The master saves the terminal's settings as it starts, hands them to each
+generation in its spec, and puts them back when the server stops: a worker
+that died at pdb's prompt must not leave the shell without echo (see
+terminal.py for who saves and restores, and why only the master saves).
 """
 
 import gc
@@ -34,6 +39,7 @@ from . import notify
 from .arbiter import GenerationSpec, run_generation
 from .signals import close_wakeup_pipe
 from .supervisor import HALT_STATUS, HaltServer, Supervisor, kill_quietly
+from .terminal import Terminal
 
 log = logging.getLogger("django_prefork")
 
@@ -128,7 +134,16 @@ class Master(Supervisor):
 
     # -- the Supervisor's loop -----------------------------------------------------
 
+    def run(self):
+        try:
+            return super().run()
+        finally:
+            if self.terminal is not None:
+                self.terminal.restore()  # every process below us is gone
+
     def start(self):
+        # Before any worker exists, so before any pdb prompt could change it.
+        self.terminal = Terminal.save()
         self.fork_first_generation()
 
     def wake_fds(self):
@@ -203,7 +218,8 @@ class Master(Supervisor):
         self.last_number += 1
         ready_r, ready_w = os.pipe()
         fds = [listener.fileno() for listener in self.listeners]
-        return GenerationSpec(self.last_number, ready_w, fds, self.worker_count), ready_r
+        terminal = self.terminal.to_json() if self.terminal is not None else None
+        return GenerationSpec(self.last_number, ready_w, fds, self.worker_count, terminal), ready_r
 
     def reload(self, why):
         if self.booting_reload() is not None:

@@ -60,6 +60,7 @@ class Supervisor:
 
     owns_socket_files = True  # whether stopping removes the unix socket files it listens on
     outlast_children = 0.0  # seconds a stop waits past the children's own deadline
+    terminal = None  # the terminal's settings to put back (terminal.py), or None
 
     def __init__(self, listeners, config):
         self.listeners = listeners

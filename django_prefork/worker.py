@@ -3,6 +3,17 @@
 Forked by the arbiter, it never returns: `run()` ends in os._exit, so no
 frame of the arbiter's stack (the management command, Django's
 `execute_from_command_line`) ever runs twice.
+
+The timeout. The arbiter SIGABRTs a worker silent past PREFORK_TIMEOUT;
+`handle_abort` logs the Python stack the request was stuck in and, when no
+response head went out yet, answers the client 500 before exiting: a
+connection closed without a word makes a browser send the same GET again, to
+the next worker, which then times out in turn. The connection is found
+through the Response `serve_connection` stores on its WorkerContext (one
+attribute store per request; a finished request's socket is closed, so a
+stale one is never written to), and the answer is bounded by a short send
+timeout, so a client that stopped reading cannot hold the worker until
+the SIGKILL 2 s later. A worker held by pdb ignores SIGABRT (debugger.py).
 """
 
 import _socket
@@ -14,16 +25,17 @@ import signal
 import sys
 import time
 import traceback
-from socket import SOCK_STREAM
+from socket import SHUT_WR, SOCK_STREAM
 
-from . import heartbeat
+from . import debugger, heartbeat
 from .signals import die_with_parent, drain, signal_wakeup_pipe
-from .sockets import queued_connections
-from .wsgi import WorkerContext, serve_connection
+from .sockets import queued_connections, set_io_timeout
+from .wsgi import ClientDisconnected, Response, WorkerContext, log_request, serve_connection
 
 log = logging.getLogger("django_prefork")
 
 BOOT_ERROR = 3  # exit code: the app could not be loaded
+ANSWER_TIMEOUT = 0.5  # seconds the timeout's 500 may take to send, then to see the client close
 
 
 class SyncWorker:
@@ -37,10 +49,12 @@ class SyncWorker:
         self.alive = True
         self.served = 0
         self.max_requests = max_requests  # this worker's own, jitter included; 0 = never
+        self.contexts = []  # one WorkerContext a listener
 
     def run(self):
         code = 0
         try:
+            debugger.attach(self.heartbeat)
             self.init_signals()
             app = self.boot()
             self.serve_forever(app)
@@ -79,12 +93,50 @@ class SyncWorker:
         reopen_log_files()
 
     def handle_abort(self, signum, frame):
+        if debugger.held():
+            return  # sent as we entered pdb; the arbiter sees the flag and calls off the SIGKILL
         # The arbiter found us silent past the timeout: say where we were stuck.
         stack = "".join(traceback.format_stack(frame))
         what = self.heartbeat.describe_timeout(time.monotonic(), self.config.timeout)
         log.error("worker %d %s; the request's stack:\n%s", os.getpid(), what, stack)
         _flush_std_streams()
+        try:
+            self.answer_timed_out()
+        except Exception:
+            log.exception("worker %d could not answer the timed-out request", os.getpid())
+        _flush_std_streams()
         os._exit(1)
+
+    def answer_timed_out(self):
+        """500 to the client of the request in hand, if no response head went out yet."""
+        current = self.heartbeat.current_request()
+        response = next((c.response for c in self.contexts
+                         if c.response is not None and c.response.conn.fileno() != -1), None)
+        if current is None or response is None or response.head_sent:
+            return  # idle, or the client already has a status: closing tells it the rest
+        conn = response.conn
+        set_io_timeout(conn, ANSWER_TIMEOUT)
+        age = time.monotonic() - current[1]
+        body = f"500 Internal Server Error: the request timed out after {age:.0f} s\n".encode()
+        answer = Response(conn, response.head_only, response.http11)
+        answer.start_response("500 Internal Server Error", [
+            ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+        ])
+        try:
+            answer.write(body)
+        except ClientDisconnected:
+            return
+        if self.config.access_log:
+            log_request(current[0], 500, len(body))
+        try:
+            # Let the client read it before the close: wait (briefly) for its
+            # own close, so unread input cannot turn our close into a reset.
+            conn.shutdown(SHUT_WR)
+            deadline = time.monotonic() + ANSWER_TIMEOUT
+            while time.monotonic() < deadline and conn.recv(65536):
+                pass
+        except OSError:
+            pass
 
     def boot(self):
         self.heartbeat.notify()
@@ -108,6 +160,7 @@ class SyncWorker:
         # (family enums, io refcounts) cost more per request than the syscalls.
         contexts = [(listener.sock._accept, listener.sock.family.value, WorkerContext(app, listener, self.config, self.heartbeat))
                    for listener in self.listeners]
+        self.contexts = [context for _, _, context in contexts]
         notify, end_request = self.heartbeat.notify, self.heartbeat.end_request
         wait = self.config.timeout / 2 if self.config.timeout else 1.0
         readable = [listener.sock for listener in self.listeners] + [self.wakeup_r]

@@ -62,6 +62,8 @@ class FileWrapper:
 class WorkerContext:
     """What every request of one worker shares: app, limits, prepared environ."""
 
+    response = None  # the latest Response: a timed-out worker answers its client 500 through it
+
     def __init__(self, app, listener, config, heartbeat):
         self.app = app
         self.start_request = heartbeat.start_request  # names the request if it hangs
@@ -110,6 +112,7 @@ def serve_connection(conn, client, context):
         answer_error(conn, exc, context, request_line=None)
         return
     response = Response(conn, environ["REQUEST_METHOD"] == "HEAD", request.version == "1.1")
+    context.response = response  # the one store per request the timeout's 500 needs
     try:
         result = context.app(environ, response.start_response)
         try:

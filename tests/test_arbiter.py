@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .helpers import alive, wait_until
+from .helpers import alive, receive_all, wait_until
 
 
 def test_responses_come_from_the_workers(serve):
@@ -43,17 +43,41 @@ def test_stopped_worker_is_killed_after_timeout_and_replaced(serve):
     assert int(server.get()[1]) == replacement
 
 
-def test_request_outliving_the_timeout_kills_its_worker(serve):
-    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 2})
+def test_request_outliving_the_timeout_is_answered_500_and_kills_its_worker(serve):
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 2, "PREFORK_ACCESS_LOG": True})
     (victim,) = server.wait_workers(1)
     started = time.monotonic()
-    with pytest.raises(ConnectionError):  # http.client.RemoteDisconnected is one
-        server.get("/slow?s=30", timeout=20)
+    status, body = server.get("/slow?s=30", timeout=20)
     assert time.monotonic() - started < 10
+    # An answer, not a silent close: a browser retries a GET that got none,
+    # and the retry would time out the next worker too.
+    assert status == 500
+    assert re.fullmatch(rb"500 Internal Server Error: the request timed out after \d+ s\n", body), body
     server.wait_for(rf"worker {victim} timed out after \d s serving GET /slow\?s=30; sending SIGABRT")
     # The worker's own report names where the request was stuck.
     server.wait_for(rf"worker {victim} timed out after \d s serving GET /slow\?s=30; the request's stack:"
                     r'(.|\n)*fixtureapp/views\.py", line \d+, in slow')
+    server.wait_for(r'"GET /slow\?s=30" 500 \d+')
+    wait_until(lambda: not alive(victim))
+    status, pid = server.get()  # queued until the replacement takes it
+    assert status == 200 and int(pid) != victim
+    assert server.output.count("sending SIGABRT") == 1
+    assert "slow request started" in server.output and server.output.count("slow request started") == 1
+
+
+def test_a_timed_out_request_whose_head_went_out_is_cut_short(serve):
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 2})
+    (victim,) = server.wait_workers(1)
+    sock = server.connect(timeout=20)
+    sock.sendall(b"GET /stream_then_sleep?s=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = receive_all(sock)
+    sock.close()
+    # The client has its 200 already: no second status line, and the missing
+    # last chunk tells it the body was cut.
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert response.count(b"HTTP/1.1") == 1
+    assert b"first chunk" in response and not response.endswith(b"0\r\n\r\n")
+    server.wait_for(rf"worker {victim} timed out after \d s serving GET /stream_then_sleep\?s=30; the request's stack")
     wait_until(lambda: not alive(victim))
     assert server.get()[0] == 200
 

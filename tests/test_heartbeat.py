@@ -51,3 +51,17 @@ def test_status_record(tmp_path):
     beat.write_status(heartbeat.READY)
     assert beat.read_status() == (heartbeat.READY, "")
     beat.close()
+
+
+def test_the_debugger_flag_leaves_the_request_in_hand_alone(tmp_path):
+    beat = Heartbeat(str(tmp_path))
+    assert not beat.debugging()
+    beat.start_request(b"GET", b"/" + b"x" * 5000)  # longer than the page: cut, never reaching the flag
+    beat.set_debugging(True)
+    assert beat.debugging()
+    assert beat.current_request()[0].startswith("GET /xxx")
+    beat.end_request()
+    assert beat.debugging()
+    beat.set_debugging(False)
+    assert not beat.debugging() and beat.current_request() is None
+    beat.close()

@@ -13,4 +13,6 @@ urlpatterns = [
     path("count", views.count),
     path("die", views.die),
     path("loaded_by", views.loaded_by),
+    path("debug", views.debug),
+    path("stream_then_sleep", views.stream_then_sleep),
 ]

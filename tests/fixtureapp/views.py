@@ -75,3 +75,24 @@ def loaded_by(request):
     from . import wsgi
 
     return JsonResponse({"loaded_by": wsgi.LOADED_BY, "pid": os.getpid()})
+
+
+def debug(request):
+    """A developer's breakpoint: pdb reads the commands from the server's terminal."""
+    answer = "before the breakpoint"
+    print(f"breakpoint in pid {os.getpid()}", file=sys.stderr, flush=True)
+    breakpoint()
+    answer = "after the breakpoint"
+    return HttpResponse(answer, content_type="text/plain")
+
+
+def stream_then_sleep(request):
+    """The head and a first chunk go out, then the view hangs: too late for a 500."""
+    from django.http import StreamingHttpResponse
+
+    def chunks():
+        yield b"first chunk\n"
+        time.sleep(float(request.GET.get("s", "30")))
+        yield b"never\n"
+
+    return StreamingHttpResponse(chunks(), content_type="text/plain")
