@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,9 @@ import time
 import pytest
 
 from .helpers import BANNER_PID, BANNER_URL, REPO, alive, children, wait_until
+
+# util-linux's setsid gives the server the pty as its controlling terminal, as a shell would.
+pytestmark = pytest.mark.skipif(shutil.which("setsid") is None, reason="setsid (util-linux) is not installed")
 
 PROMPT = "(Pdb) "
 ECHOING = termios.ECHO | termios.ICANON
