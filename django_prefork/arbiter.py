@@ -30,6 +30,8 @@ import time
 
 from . import debugger, heartbeat, proctitle
 from .heartbeat import Heartbeat
+from .memory import read_memory
+from .scoreboard import Scoreboard
 from .signals import close_wakeup_pipe, die_with_parent
 from .sockets import Listener
 from .supervisor import HaltServer, Supervisor, kill_quietly
@@ -53,6 +55,8 @@ class GenerationSpec:
     ready_fd: int  # the pipe's write end: "R" once every worker has loaded the app
     listen_fds: list
     worker_count: int
+    scoreboard_fd: int = -1  # the master's scoreboard (scoreboard.py); -1: none
+    block: int = -1  # this generation's block in it; -1: none free
     terminal: list = None  # the terminal's settings as the master found them (terminal.py)
 
     def to_environ(self, environ):
@@ -72,16 +76,28 @@ def run_generation(spec, listeners, config, load_app, name):
     """Be generation `spec.number`'s arbiter until it stops; return the exit status."""
     arbiter = Arbiter(listeners, config, load_app, name, spec.number, spec.ready_fd)
     arbiter.terminal = Terminal.from_json(spec.terminal)
+    if spec.scoreboard_fd >= 0 and spec.block >= 0:
+        arbiter.scoreboard, arbiter.block = Scoreboard.open(spec.scoreboard_fd), spec.block
     return arbiter.run()
+
+
+def restart_reason(w, code, stopping):
+    """Why a worker is being replaced, for prefork_worker_restarts_total; None: it was retired."""
+    if w.aborted_at is not None:
+        return "timeout"
+    if stopping or w.retiring:
+        return None
+    return "max_requests" if code == 0 else "crash"
 
 
 class WorkerProcess:
     """What the arbiter knows of one forked worker."""
 
-    def __init__(self, pid, number, beat):
+    def __init__(self, pid, number, beat, slot):
         self.pid = pid
         self.number = number
         self.heartbeat = beat
+        self.slot = slot  # its scoreboard slot, or None
         self.retiring = False  # sent TERM; no longer counted
         self.aborted_at = None  # monotonic time of the timeout SIGABRT
         self.killed = False  # we sent SIGKILL ourselves
@@ -107,6 +123,9 @@ class Arbiter(Supervisor):
         self.booted = False  # some worker has loaded the app
         self.respawn_at = 0.0  # after a boot failure once serving, spawn slowly
         self.last_tick = time.monotonic()
+        self.scoreboard = None  # the master's, shared; this generation writes only its block
+        self.block = None
+        self.memory_read_at = 0.0
 
     def __str__(self):
         return f"generation {self.generation}"
@@ -133,6 +152,7 @@ class Arbiter(Supervisor):
         self.notice_booted_workers()
         self.murder_lazy_workers()
         self.maintain_worker_count()
+        self.measure_workers()
         return None
 
     def handle_hup(self):
@@ -184,7 +204,9 @@ class Arbiter(Supervisor):
             gc.freeze()
 
     def spawn_worker(self, number):
-        beat = Heartbeat(self.config.worker_tmp_dir)
+        slot = self.take_slot(number)
+        record = self.scoreboard.heartbeat_record(self.block, slot) if slot is not None else None
+        beat = Heartbeat(self.config.worker_tmp_dir, record)
         max_requests = self.config.max_requests
         if max_requests:
             max_requests += random.randint(0, self.config.max_requests_jitter)
@@ -192,20 +214,35 @@ class Arbiter(Supervisor):
         pid = os.fork()
         if pid == 0:
             try:
-                self.become_worker(number, ppid, beat, max_requests)
+                self.become_worker(number, ppid, beat, max_requests, slot)
             finally:
                 os._exit(1)
-        self.workers[pid] = WorkerProcess(pid, number, beat)
+        if slot is not None:
+            self.scoreboard.set_pid(self.block, slot, pid)
+        self.workers[pid] = WorkerProcess(pid, number, beat, slot)
         log.debug("booting worker %d (pid %d)", number, pid)
 
-    def become_worker(self, number, ppid, beat, max_requests):
+    def take_slot(self, number):
+        """A free scoreboard slot for a worker about to be forked, marked booting; None if full."""
+        if self.scoreboard is None:
+            return None
+        taken = {w.slot for w in self.workers.values()}
+        slot = next((s for s in range(self.scoreboard.slots) if s not in taken), None)
+        if slot is None:
+            log.warning("%s: the scoreboard is full; worker %d's figures will not be counted", self, number)
+            return None
+        self.scoreboard.assign(self.block, slot, number)
+        return slot
+
+    def become_worker(self, number, ppid, beat, max_requests, slot):
         close_wakeup_pipe(self.wakeup)
         if self.ready_fd is not None:
             os.close(self.ready_fd)
         for other in self.workers.values():
             other.heartbeat.close()
         proctitle.set_title(f"runprefork worker {number} [{self.name}]")
-        worker = SyncWorker(number, ppid, self.listeners, beat, self.config, self.load_app, max_requests)
+        writer = self.scoreboard.writer(self.block, slot, beat.end_request) if slot is not None else None
+        worker = SyncWorker(number, ppid, self.listeners, beat, self.config, self.load_app, max_requests, writer)
         worker.run()  # never returns
 
     def notice_booted_workers(self):
@@ -224,16 +261,18 @@ class Arbiter(Supervisor):
         w = self.workers.pop(pid, None)
         if w is None:
             return None
+        code = os.waitstatus_to_exitcode(status)
         try:
             self.restore_terminal()
             if stopping and w.aborted_at is None:
-                code = os.waitstatus_to_exitcode(status)
                 if code not in (0, -signal.SIGTERM, -signal.SIGQUIT, -signal.SIGINT):
                     log.warning("%s ended with %s while stopping", w, code)
             else:
                 self.report_death(w, status)
         finally:
             w.heartbeat.close()
+            if w.slot is not None:
+                self.scoreboard.retire(self.block, w.slot, restart_reason(w, code, stopping))
         return None
 
     def restore_terminal(self):
@@ -307,6 +346,18 @@ class Arbiter(Supervisor):
                 log.error("worker %d %s; sending SIGABRT", w.pid, w.heartbeat.describe_timeout(now, silent))
                 w.aborted_at = now
                 kill_quietly(w.pid, signal.SIGABRT)
+
+    def measure_workers(self):
+        """Each worker's RSS and USS into the scoreboard, about once a second."""
+        now = time.monotonic()
+        if self.scoreboard is None or now - self.memory_read_at < 1.0:
+            return
+        self.memory_read_at = now
+        for w in self.workers.values():
+            if w.slot is not None:
+                figures = read_memory(w.pid)
+                if figures is not None:
+                    self.scoreboard.set_memory(self.block, w.slot, *figures)
 
     # -- stopping: the Supervisor's, with these hooks ---------------------------------
 

@@ -17,7 +17,21 @@ def check_settings(app_configs=None, **kwargs):
                 id=setting.check_id,
             )
         )
-    return errors or _warnings()  # a warning about an invalid value would only add noise
+    return errors or _missing() or _warnings()  # a warning about an invalid value would only add noise
+
+
+def _missing():
+    from django.conf import settings
+
+    from .metrics import prometheus_available
+
+    if getattr(settings, "PREFORK_METRICS", None) and not prometheus_available():
+        return [checks.Error(
+            "PREFORK_METRICS is set, and prometheus_client, which writes /metrics, is not installed.",
+            hint="pip install 'django-prefork[metrics]' (or prometheus_client), or remove PREFORK_METRICS.",
+            id="prefork.E050",
+        )]
+    return []
 
 
 def _warnings():

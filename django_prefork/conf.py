@@ -84,6 +84,20 @@ def _peer_addresses(value):
 _peer_addresses.wants = 'a list of IP addresses or networks ("10.0.0.0/8"), or ["*"] to trust every peer'
 
 
+def _metrics_address(value):
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    if value.startswith("unix:"):
+        return os.path.isabs(value[len("unix:"):])
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host) and port.isdigit() and 0 <= int(port) <= 65535
+
+
+_metrics_address.wants = 'None, "host:port" (such as "127.0.0.1:9108") or "unix:/absolute/path"'
+
+
 def forwarded_trust(allowed):
     """A predicate on a TCP peer's address: may it say X-Forwarded-Proto?"""
     if "*" in allowed:
@@ -131,6 +145,7 @@ SETTINGS = (
     Setting("PREFORK_CLIENT_MIN_RATE", "prefork.E016", 4096, _int(0)),
     Setting("PREFORK_UNIX_SOCKET_MODE", "prefork.E017", 0o666, _socket_mode),
     Setting("PREFORK_FORWARDED_ALLOW_IPS", "prefork.E018", ("127.0.0.1", "::1"), _peer_addresses),
+    Setting("PREFORK_METRICS", "prefork.E019", None, _metrics_address),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -176,6 +191,7 @@ class Config:
     client_min_rate: int
     unix_socket_mode: int
     forwarded_allow_ips: tuple
+    metrics: object  # None or an address
 
     @classmethod
     def load(cls, overrides=None):

@@ -6,18 +6,22 @@ ctime; the arbiter fstats it once a second. A change in ctime only means
 silent is measured on the arbiter's own monotonic clock, so a wall-clock
 jump (NTP, a suspended VM) moves ctime arbitrarily and still kills nobody.
 
-The file's bytes carry what the arbiter may need to say about the worker:
+Beside it, a record mapped shared by the worker and the arbiter (the
+worker's scoreboard slot, so the master sees it too: scoreboard.py; a page
+of the file itself for a worker without a slot) holds what the arbiter may
+need to say about the worker:
 
-* its first page, mapped shared by both processes, holds the request in
-  hand (start on the monotonic clock, method and target), written by the
-  worker with plain memory stores, no syscall, at the start and end of each
-  request, so a timeout can name the request even when the worker is stuck
-  in C code and cannot say anything itself;
-* the page's last byte: 1 while pdb holds the worker (debugger.py sets it
-  on entering `Pdb.interaction` and clears it on leaving), so the arbiter
-  lets a person take their time instead of killing the worker;
-* after it, the boot status: "booting", "ready", or the traceback a worker
-  died of, so that is reported once instead of once per worker.
+* the request in hand (start on the monotonic clock, method and target),
+  written by the worker with plain memory stores, no syscall, at the start
+  and end of each request, so a timeout can name the request even when the
+  worker is stuck in C code and cannot say anything itself;
+* its last byte: 1 while pdb holds the worker (debugger.py sets it on
+  entering `Pdb.interaction` and clears it on leaving), so the arbiter lets
+  a person take their time instead of killing the worker.
+
+After the file's first page: the boot status, "booting", "ready", or the
+traceback a worker died of, so that is reported once instead of once per
+worker.
 """
 
 import mmap
@@ -30,16 +34,19 @@ BOOTING, READY, BOOT_FAILED = b"B", b"R", b"F"
 PAGE = mmap.PAGESIZE
 _STARTED = struct.Struct("dH")  # monotonic start (0.0: idle), length of "METHOD target"
 _REQUEST_MAX = 1024
-_DEBUGGING = PAGE - 1  # offset of the debugger flag, far past the longest request line
 
 
 class Heartbeat:
-    def __init__(self, tmp_dir):
+    def __init__(self, tmp_dir, page=None):
         fd, path = tempfile.mkstemp(prefix="prefork-heartbeat-", dir=tmp_dir)
         os.unlink(path)
         self.fd = fd
         os.ftruncate(fd, PAGE)
-        self.page = mmap.mmap(fd, PAGE)  # MAP_SHARED: the fork shares it
+        # The shared record: the worker's scoreboard slot when it has one (so
+        # the master sees the request too), else a page of this file.
+        self.own_page = page is None
+        self.page = mmap.mmap(fd, PAGE) if page is None else page  # MAP_SHARED: the fork shares it
+        self._debugging_at = len(self.page) - 1
         self._mode = 0
         self._touched = 0.0
         self._seen_ctime = os.fstat(fd).st_ctime_ns
@@ -72,7 +79,7 @@ class Heartbeat:
         _STARTED.pack_into(self.page, 0, 0.0, 0)
 
     def set_debugging(self, held):
-        self.page[_DEBUGGING] = 1 if held else 0
+        self.page[self._debugging_at] = 1 if held else 0
 
     # -- the arbiter's side ------------------------------------------------
 
@@ -90,7 +97,7 @@ class Heartbeat:
 
     def debugging(self):
         """Whether the worker says pdb holds it (a person at the prompt, not a stuck request)."""
-        return self.page[_DEBUGGING] != 0
+        return self.page[self._debugging_at] != 0
 
     def read_status(self):
         size = int.from_bytes(os.pread(self.fd, 4, PAGE).ljust(4, b"\0"), "little")
@@ -101,11 +108,7 @@ class Heartbeat:
 
     def current_request(self):
         """("METHOD target", its start on the monotonic clock), or None when idle."""
-        started, length = _STARTED.unpack_from(self.page, 0)
-        if not started:
-            return None
-        line = self.page[_STARTED.size:_STARTED.size + min(length, _REQUEST_MAX + 16)]
-        return line.decode("latin-1"), started
+        return request_in(self.page)
 
     def describe_timeout(self, now, silent_for):
         """What a worker judged silent past the timeout was doing, for the log.
@@ -121,5 +124,21 @@ class Heartbeat:
         return f"timed out after {now - started:.0f} s serving {line}"
 
     def close(self):
-        self.page.close()
+        if self.own_page:
+            self.page.close()
         os.close(self.fd)
+
+
+def request_in(page):
+    """The request a heartbeat record names: ("METHOD target", start), or None when idle."""
+    started, length = _STARTED.unpack_from(page, 0)
+    if not started:
+        return None
+    return bytes(page[_STARTED.size:_STARTED.size + min(length, _REQUEST_MAX + 16)]).decode("latin-1"), started
+
+
+def debugging_in(page):
+    return page[len(page) - 1] != 0
+
+
+RECORD_SIZE = _STARTED.size + _REQUEST_MAX + 16 + 1  # what a record needs: a slot must give at least this

@@ -26,6 +26,7 @@ terminal.py for who saves and restores, and why only the master saves).
 """
 
 import gc
+import json
 import logging
 import os
 import select
@@ -37,7 +38,10 @@ from django.utils.autoreload import get_child_arguments
 
 from . import notify
 from .arbiter import GenerationSpec, run_generation
+from .metrics import Report, prometheus_available
+from .scoreboard import Scoreboard
 from .signals import close_wakeup_pipe
+from .status import StatusChannel
 from .supervisor import HALT_STATUS, HaltServer, Supervisor, kill_quietly
 from .terminal import Terminal
 
@@ -69,11 +73,12 @@ class Generation:
     - TERM, INT or QUIT to the master: every generation is stopping.
     """
 
-    def __init__(self, number, pid, ready_fd, worker_count):
+    def __init__(self, number, pid, ready_fd, worker_count, block):
         self.number = number
         self.pid = pid
         self.ready_fd = ready_fd  # the pipe it writes to when all its workers booted
         self.worker_count = worker_count
+        self.block = block  # its scoreboard block, or None
         self.state = BOOTING
         self.started = time.monotonic()
 
@@ -112,6 +117,11 @@ class Master(Supervisor):
         self.worker_count = config.workers  # TTIN/TTOU carry over to the next generation
         self.generations = []  # oldest first
         self.last_number = 0
+        slots = max(64, 4 * max(config.workers, getattr(config, "max_workers", 0) or 0))
+        self.scoreboard = Scoreboard.create(config.worker_tmp_dir, slots)
+        self.report = Report(self)
+        self.status = StatusChannel(self.render_status)
+        self.project = None  # set by the command: which project this server serves, for preforkstatus
 
     def __str__(self):
         return "master"
@@ -144,12 +154,21 @@ class Master(Supervisor):
     def start(self):
         # Before any worker exists, so before any pdb prompt could change it.
         self.terminal = Terminal.save()
+        self.open_status_channel()
         self.fork_first_generation()
 
     def wake_fds(self):
-        return [g.ready_fd for g in self.in_state(BOOTING) if g.ready_fd is not None]
+        return [g.ready_fd for g in self.in_state(BOOTING) if g.ready_fd is not None] + self.status.read_fds()
+
+    def write_fds(self):
+        return self.status.write_fds()
+
+    def nap(self):
+        client = self.status.timeout()
+        return 1.0 if client is None else min(1.0, client + 0.01)
 
     def tend(self):
+        self.status.serve()
         status = self.reap_children()
         if status is not None:
             return status
@@ -179,6 +198,8 @@ class Master(Supervisor):
     def forget_children(self):
         for generation in self.generations:
             generation.close_ready_pipe()
+            if generation.block is not None:
+                self.report.generation_ended(generation.block)
         self.generations.clear()
 
     def mark_stopping(self):
@@ -186,6 +207,46 @@ class Master(Supervisor):
         for generation in self.generations:
             generation.state = STOPPING
             generation.close_ready_pipe()
+
+    def watch_while_stopping(self):
+        self.status.serve()  # /healthz says 503 while the server stops
+
+    def after_stop(self):
+        self.status.close()
+
+    # -- status ----------------------------------------------------------------
+
+    def open_status_channel(self):
+        try:
+            self.status.open_control_socket(self.project)
+        except OSError as exc:
+            log.warning("no control socket for preforkstatus: %s", exc)
+        if self.config.metrics:
+            sock = self.status.open_metrics(self.config.metrics)
+            where = self.config.metrics if self.config.metrics.startswith("unix:") else \
+                "http://%s:%d" % sock.getsockname()[:2]
+            log.info("metrics at %s/metrics, health at %s/healthz", where, where)
+
+    def healthy(self):
+        """A generation serves and the server is not stopping: what /healthz says."""
+        return any(g.state == SERVING for g in self.generations)
+
+    def render_status(self, method, path):
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain; charset=utf-8", b"GET only\n"
+        if path == "/healthz":
+            if self.healthy():
+                return 200, "text/plain; charset=utf-8", b"ok\n"
+            return 503, "text/plain; charset=utf-8", b"not serving\n"
+        if path == "/status":
+            return 200, "application/json", json.dumps(self.report.document()).encode()
+        if path == "/metrics":
+            if not prometheus_available():
+                return 501, "text/plain; charset=utf-8", b"pip install 'django-prefork[metrics]' for /metrics\n"
+            from prometheus_client import CONTENT_TYPE_LATEST
+
+            return 200, CONTENT_TYPE_LATEST, self.report.exposition()
+        return 404, "text/plain; charset=utf-8", b"/metrics, /healthz or /status\n"
 
     # -- generations -----------------------------------------------------------
 
@@ -210,7 +271,7 @@ class Master(Supervisor):
             finally:
                 os._exit(status)
         os.close(spec.ready_fd)
-        self.generations.append(Generation(1, pid, ready_r, spec.worker_count))
+        self.generations.append(Generation(1, pid, ready_r, spec.worker_count, _block(spec)))
         log.debug("%s booting", self.generations[-1])
 
     def next_spec(self):
@@ -219,7 +280,13 @@ class Master(Supervisor):
         ready_r, ready_w = os.pipe()
         fds = [listener.fileno() for listener in self.listeners]
         terminal = self.terminal.to_json() if self.terminal is not None else None
-        return GenerationSpec(self.last_number, ready_w, fds, self.worker_count, terminal), ready_r
+        block = self.scoreboard.claim_block(self.last_number)
+        if block is None:
+            log.warning("generation %d: every scoreboard block is taken; its figures will not be counted",
+                        self.last_number)
+        spec = GenerationSpec(self.last_number, ready_w, fds, self.worker_count, terminal=terminal,
+                              scoreboard_fd=self.scoreboard.fd, block=-1 if block is None else block)
+        return spec, ready_r
 
     def reload(self, why):
         if self.booting_reload() is not None:
@@ -235,11 +302,14 @@ class Master(Supervisor):
         except OSError as exc:
             log.error("could not start generation %d: %s; still serving the previous code", spec.number, exc)
             os.close(ready_r)
+            self.report.reloads["failed"] += 1
+            if spec.block >= 0:
+                self.report.generation_ended(spec.block)
             notify.ready("reload failed; still serving the previous code")
             return
         finally:
             os.close(spec.ready_fd)
-        self.generations.append(Generation(spec.number, pid, ready_r, spec.worker_count))
+        self.generations.append(Generation(spec.number, pid, ready_r, spec.worker_count, _block(spec)))
 
     def promote_ready_generations(self):
         for generation in self.in_state(BOOTING):
@@ -248,6 +318,8 @@ class Master(Supervisor):
 
     def promote(self, generation):
         generation.state = SERVING
+        if generation.is_reload:
+            self.report.reloads["ok"] += 1
         older = [g for g in self.generations
                  if g.number < generation.number and g.state in (BOOTING, SERVING)]
         for old in older:
@@ -272,6 +344,8 @@ class Master(Supervisor):
         if generation is None:
             return None
         self.generations.remove(generation)
+        if generation.block is not None:
+            self.report.generation_ended(generation.block)
         code = os.waitstatus_to_exitcode(status)
         if generation.state == BOOTING and generation.said_ready():
             generation.state = SERVING  # it said so just before dying
@@ -289,7 +363,12 @@ class Master(Supervisor):
             return HALT_STATUS
         else:
             serving = self.serving()
+            self.report.reloads["failed"] += 1
             log.error("%s failed (exit %s): still serving the previous code; fix the error and "
                       "save (or send HUP) to retry", generation, code)
             notify.ready(f"{generation} failed; still serving generation {serving.number if serving else '?'}")
         return None
+
+
+def _block(spec):
+    return None if spec.block < 0 else spec.block

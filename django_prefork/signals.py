@@ -34,10 +34,10 @@ def drain(fd):
         pass
 
 
-def wait(wakeup_fd, seconds, also=()):
-    """Sleep until a signal arrives, a fd in `also` is readable, or `seconds` pass."""
+def wait(wakeup_fd, seconds, also=(), writable=()):
+    """Sleep until a signal arrives, a fd in `also` is readable (in `writable` writable), or `seconds` pass."""
     try:
-        select.select([wakeup_fd, *also], [], [], seconds)
+        select.select([wakeup_fd, *also], writable, [], seconds)
     except InterruptedError:
         pass
     drain(wakeup_fd)

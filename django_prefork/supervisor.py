@@ -83,6 +83,13 @@ class Supervisor:
         """File descriptors that end a sleep when they become readable."""
         return ()
 
+    def write_fds(self):
+        """File descriptors that end a sleep when they become writable."""
+        return ()
+
+    def after_stop(self):
+        """Every child has been reaped; the listeners are closed."""
+
     def tend(self):
         """One turn of the loop after the signals; return an exit status to end the server."""
         return None
@@ -141,7 +148,7 @@ class Supervisor:
         self.signals.append(signum)
 
     def sleep(self, seconds):
-        wait(self.wakeup[0], seconds, also=self.wake_fds())
+        wait(self.wakeup[0], seconds, also=self.wake_fds(), writable=self.write_fds())
 
     def handle_signals(self):
         """Act on the recorded signals in order; True/False when one asks for a graceful/quick stop."""
@@ -232,3 +239,4 @@ class Supervisor:
             self.child_exited(pid, status, stopping=True)
         for listener in self.listeners:
             listener.close(unlink=self.owns_socket_files)
+        self.after_stop()

@@ -39,11 +39,12 @@ ANSWER_TIMEOUT = 0.5  # seconds the timeout's 500 may take to send, then to see 
 
 
 class SyncWorker:
-    def __init__(self, number, ppid, listeners, beat, config, load_app, max_requests):
+    def __init__(self, number, ppid, listeners, beat, config, load_app, max_requests, slot=None):
         self.number = number
         self.ppid = ppid
         self.listeners = listeners
         self.heartbeat = beat
+        self.slot = slot  # its scoreboard SlotWriter; None when the scoreboard had no room
         self.config = config
         self.load_app = load_app
         self.alive = True
@@ -151,6 +152,8 @@ class SyncWorker:
             gc.collect()
             gc.freeze()
         self.heartbeat.write_status(heartbeat.READY)
+        if self.slot is not None:
+            self.slot.booted()
         if self.max_requests:
             log.info("worker %d (pid %d) will recycle after %d requests", self.number, os.getpid(), self.max_requests)
         return app
@@ -161,7 +164,12 @@ class SyncWorker:
         contexts = [(listener.sock._accept, listener.sock.family.value, WorkerContext(app, listener, self.config, self.heartbeat))
                    for listener in self.listeners]
         self.contexts = [context for _, _, context in contexts]
-        notify, end_request = self.heartbeat.notify, self.heartbeat.end_request
+        notify = self.heartbeat.notify
+        if self.slot is not None:
+            end_request = self.slot.end_request  # counts it, then clears the heartbeat's record
+        else:
+            def end_request(status, sent, clear=self.heartbeat.end_request):
+                clear()
         wait = self.config.timeout / 2 if self.config.timeout else 1.0
         readable = [listener.sock for listener in self.listeners] + [self.wakeup_r]
         queued = None  # after TERM: how many queued connections we may still take
@@ -180,11 +188,12 @@ class SyncWorker:
                     continue
                 conn = _socket.socket(family, SOCK_STREAM, 0, fd)
                 accepted = True
+                status = sent = 0
                 try:
-                    serve_connection(conn, client, context)
+                    status, sent = serve_connection(conn, client, context)
                 finally:
                     conn.close()
-                    end_request()
+                    end_request(status, sent)
                 if queued is not None:
                     queued -= 1
                 self.served += 1

@@ -98,7 +98,10 @@ class WorkerContext:
 
 
 def serve_connection(conn, client, context):
-    """Serve the one request on `conn`. Never raises for anything a client does."""
+    """Serve the one request on `conn`; return (status, body bytes sent) for the scoreboard.
+
+    Never raises for anything a client does. (0, 0): no request came.
+    """
     if context.unix:
         set_io_timeout(conn, context.client_timeout)  # unix sockets do not inherit it
     try:
@@ -107,10 +110,9 @@ def serve_connection(conn, client, context):
         environ = build_environ(context, request, client)
         environ["wsgi.input"] = Body(conn, request)
     except ClientGone:
-        return
+        return 0, 0
     except HTTPError as exc:
-        answer_error(conn, exc, context, request_line=None)
-        return
+        return answer_error(conn, exc, context, request_line=None)
     response = Response(conn, environ["REQUEST_METHOD"] == "HEAD", request.version == "1.1")
     context.response = response  # the one store per request the timeout's 500 needs
     try:
@@ -123,7 +125,7 @@ def serve_connection(conn, client, context):
                 result.close()
     except ClientDisconnected as exc:
         log.debug("client %s hung up mid-response: %s", environ["REMOTE_ADDR"], exc)
-        return
+        return response.status_code, response.body_sent
     except Exception:
         if request.error is None:  # else the app only met the client's error: answer that
             log.exception("Error serving %s %s", environ["REQUEST_METHOD"], environ["RAW_URI"])
@@ -131,14 +133,14 @@ def serve_connection(conn, client, context):
             request.error = request.error or HTTPError(500, "Internal Server Error")
     line = _request_line(environ)
     if request.error is not None and not response.head_sent:
-        answer_error(conn, request.error, context, line)
-        return
+        return answer_error(conn, request.error, context, line)
     if response.short_by:
         log.warning('"%s": response body %d bytes shorter than its Content-Length', line, response.short_by)
     if context.access_log:
         log_request(line, response.status_code, response.body_sent)
     if not request.complete or _unread_input(conn):
         linger(conn)
+    return response.status_code, response.body_sent
 
 
 def build_environ(context, request, client):
@@ -415,12 +417,13 @@ def answer_error(conn, exc, context, request_line):
     try:
         response.write(body)
     except ClientDisconnected:
-        return
+        return exc.status, 0
     if exc.status < 500:
         log.info("answered %d to %s: %s", exc.status, request_line or "a malformed request", exc.reason)
     if context.access_log:
         log_request(request_line or "-", exc.status, len(body))
     linger(conn)
+    return exc.status, len(body)
 
 
 _REASONS = {

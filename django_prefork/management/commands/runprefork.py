@@ -22,6 +22,7 @@ from django.core.management.base import CommandError
 from django.core.management.commands.runserver import Command as RunserverCommand
 
 from django_prefork import conf, pidfile, sockets
+from django_prefork.status import project_id
 from django_prefork.arbiter import GenerationSpec, run_generation
 from django_prefork.master import Master
 from django_prefork.supervisor import HaltServer
@@ -180,8 +181,10 @@ class Command(StaticfilesRunserver):
             from django_prefork.reloader import CodeWatcher
 
             watcher = CodeWatcher(getattr(settings, "BASE_DIR", None) or os.getcwd())
+        master = Master(listeners, self.config, load_app, project_name(), watcher)
+        master.project = project_id()  # how preforkstatus finds this server
         try:
-            status = Master(listeners, self.config, load_app, project_name(), watcher).run()
+            status = master.run()
         finally:
             if self.pidfile:
                 pidfile.remove(self.pidfile)

@@ -1,0 +1,284 @@
+"""The scoreboard: every worker's figures, in one shared file the master owns.
+
+Theory of operation
+-------------------
+The master creates the file once (unlinked at once, like a heartbeat file)
+and hands its fd to every generation, as it hands the listening sockets, so
+the figures of workers forked by exec'd arbiters reach it. The file is one
+header page, then `BLOCKS` blocks; a generation is given a block of its own
+for its life and writes nowhere else:
+
+    block = block record | slot 0 | slot 1 | ...      (each SLOT_SIZE bytes)
+
+A slot is one worker's: its pid, number and boot state; its counters
+(requests, bytes sent, responses by status class, a request-duration
+histogram with fixed buckets); the memory the arbiter last read; and its
+heartbeat record (heartbeat.py: the request in hand and when it started, the
+debugger flag), from which busy, idle and debugging are read. The worker
+writes its slot with plain stores into the shared mapping, no syscall:
+`SlotWriter` keeps the counters as Python ints and stores them all with one
+struct.pack_into at the end of each request.
+
+One writer per place, so no locks:
+
+* a slot's request and counters: its worker; its memory figures: the arbiter;
+* the block record (the counters of the block's dead workers, restarts by
+  reason, scaling events): the generation's arbiter. When a worker dies, its
+  arbiter adds the slot's counters to the record and clears the slot, inside
+  a sequence lock (seq odd while folding), so the master never reads a dead
+  worker's requests twice or not at all;
+* when a generation has ended the master folds its whole block into its own
+  totals and frees the block.
+
+Counters only grow, so a reader that catches a worker mid-store sees each
+8-byte field old or new, never a value below the last one it saw.
+"""
+
+import mmap
+import os
+import struct
+import tempfile
+import time
+from bisect import bisect_left
+
+from .heartbeat import RECORD_SIZE, debugging_in, request_in
+
+MAGIC = b"PREFORK\x01"
+BLOCKS = 8  # generations alive at once: serving, booting, and a few still stopping
+PAGE = mmap.PAGESIZE
+SLOT_SIZE = 2048
+
+# Seconds; Prometheus' default buckets. The last bucket counts the rest (+Inf).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+RESTART_REASONS = ("timeout", "max_requests", "memory", "crash", "scale_down")
+
+FREE, BOOTING, IDLE, BUSY, DEBUGGING = range(5)
+STATE_NAMES = {FREE: "free", BOOTING: "booting", IDLE: "idle", BUSY: "busy", DEBUGGING: "debugging"}
+
+_HEADER = struct.Struct("@8sIII")  # magic, blocks, slots per block, master pid
+_PID = struct.Struct("@I")
+_IDENTITY = struct.Struct("@B3xIId")  # state (FREE, BOOTING, IDLE once booted), pid, number, booted at
+# requests, bytes out, 5 status classes, len(BUCKETS) + 1 buckets, duration sum
+_COUNTERS = struct.Struct(f"@QQ5Q{len(BUCKETS) + 1}Qd")
+_COUNTERS_AT = 64
+_MEMORY = struct.Struct("@QQ")  # RSS, USS in bytes, as the arbiter last read them
+_MEMORY_AT = _COUNTERS_AT + _COUNTERS.size
+_HEARTBEAT_AT = 512  # the heartbeat record, to the slot's end
+_STARTED = struct.Struct("@d")  # the record's first field: the request's start, 0 when none
+# The block record: seq, generation, in use, restarts by reason, then the counters of its dead workers.
+_RECORD = struct.Struct(f"@QII{len(RESTART_REASONS)}Q")
+assert _MEMORY_AT + _MEMORY.size <= _HEARTBEAT_AT and SLOT_SIZE - _HEARTBEAT_AT >= RECORD_SIZE
+assert _RECORD.size <= _COUNTERS_AT
+
+_ZERO_COUNTERS = (0,) * (_COUNTERS.size // 8 - 1) + (0.0,)
+
+
+class Counters:
+    """A worker's (or a sum of workers') counters, as plain Python values."""
+
+    __slots__ = ("requests", "bytes_out", "statuses", "buckets", "duration_sum")
+
+    def __init__(self, values=_ZERO_COUNTERS):
+        self.requests, self.bytes_out = values[0], values[1]
+        self.statuses = list(values[2:7])
+        self.buckets = list(values[7:-1])
+        self.duration_sum = values[-1]
+
+    def values(self):
+        return (self.requests, self.bytes_out, *self.statuses, *self.buckets, self.duration_sum)
+
+    def add(self, other):
+        self.requests += other.requests
+        self.bytes_out += other.bytes_out
+        self.statuses = [a + b for a, b in zip(self.statuses, other.statuses)]
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets)]
+        self.duration_sum += other.duration_sum
+        return self
+
+    def as_dict(self):
+        return {
+            "requests": self.requests, "bytes_out": self.bytes_out,
+            "responses": dict(zip(STATUS_CLASSES, self.statuses)),
+            "duration_buckets": dict(zip([*map(str, BUCKETS), "+Inf"], self.buckets)),
+            "duration_sum": self.duration_sum,
+        }
+
+
+class Scoreboard:
+    """The shared file; made by the master, opened again by fd in each generation."""
+
+    def __init__(self, fd, mm):
+        self.fd = fd
+        self.mm = mm
+        magic, self.blocks, self.slots, self.master_pid = _HEADER.unpack_from(mm, 0)
+        if magic != MAGIC:
+            raise ValueError("not a django-prefork scoreboard")
+        self.block_size = SLOT_SIZE * (1 + self.slots)
+
+    @classmethod
+    def create(cls, tmp_dir, slots):
+        fd, path = tempfile.mkstemp(prefix="prefork-scoreboard-", dir=tmp_dir)
+        os.unlink(path)
+        os.set_inheritable(fd, True)
+        size = PAGE + BLOCKS * SLOT_SIZE * (1 + slots)
+        os.ftruncate(fd, size)
+        mm = mmap.mmap(fd, size)  # MAP_SHARED: forks and exec'd generations map the same pages
+        _HEADER.pack_into(mm, 0, MAGIC, BLOCKS, slots, os.getpid())
+        return cls(fd, mm)
+
+    @classmethod
+    def open(cls, fd):
+        os.set_inheritable(fd, True)  # for a later exec of this generation's own children, none today
+        return cls(fd, mmap.mmap(fd, os.fstat(fd).st_size))
+
+    # -- blocks: the master gives them out ------------------------------------------
+
+    def _block_at(self, block):
+        return PAGE + block * self.block_size
+
+    def claim_block(self, generation):
+        """A free block for `generation`, zeroed; None when every block is taken."""
+        for block in range(self.blocks):
+            at = self._block_at(block)
+            _, _, in_use, *_ = _RECORD.unpack_from(self.mm, at)
+            if not in_use:
+                self.mm[at:at + self.block_size] = bytes(self.block_size)
+                _RECORD.pack_into(self.mm, at, 0, generation, 1, *(0,) * len(RESTART_REASONS))
+                return block
+        return None
+
+    def release_block(self, block):
+        """The generation has ended: its figures, folded into one Counters; the block freed."""
+        total = self.block_counters(block, live_only=False)
+        restarts = self.restarts(block)
+        at = self._block_at(block)
+        _RECORD.pack_into(self.mm, at, 0, 0, 0, *(0,) * len(RESTART_REASONS))
+        return total, restarts
+
+    def block_generation(self, block):
+        return _RECORD.unpack_from(self.mm, self._block_at(block))[1]
+
+    # -- what the arbiter does with its block -----------------------------------------
+
+    def slot_offset(self, block, slot):
+        return self._block_at(block) + SLOT_SIZE * (1 + slot)
+
+    def writer(self, block, slot, clear_request):
+        return SlotWriter(self.mm, self.slot_offset(block, slot), clear_request)
+
+    def heartbeat_record(self, block, slot):
+        """The slot's part the worker's Heartbeat writes its request and debugger flag to."""
+        at = self.slot_offset(block, slot)
+        return memoryview(self.mm)[at + _HEARTBEAT_AT:at + SLOT_SIZE]
+
+    def assign(self, block, slot, number):
+        """A worker is about to be forked into `slot`: it boots (its pid follows the fork)."""
+        at = self.slot_offset(block, slot)
+        _IDENTITY.pack_into(self.mm, at, BOOTING, 0, number, time.monotonic())
+
+    def set_pid(self, block, slot, pid):
+        _PID.pack_into(self.mm, self.slot_offset(block, slot) + 4, pid)
+
+    def retire(self, block, slot, reason=None):
+        """A worker died: its counters go to the block record, its slot is freed."""
+        at = self._block_at(block)
+        slot_at = self.slot_offset(block, slot)
+        seq, generation, in_use, *restarts = _RECORD.unpack_from(self.mm, at)
+        if reason is not None:
+            restarts[RESTART_REASONS.index(reason)] += 1
+        _RECORD.pack_into(self.mm, at, seq + 1, generation, in_use, *restarts)  # odd: folding
+        dead = Counters(_COUNTERS.unpack_from(self.mm, at + _COUNTERS_AT))
+        dead.add(Counters(_COUNTERS.unpack_from(self.mm, slot_at + _COUNTERS_AT)))
+        _COUNTERS.pack_into(self.mm, at + _COUNTERS_AT, *dead.values())
+        self.mm[slot_at:slot_at + SLOT_SIZE] = bytes(SLOT_SIZE)
+        _RECORD.pack_into(self.mm, at, seq + 2, generation, in_use, *restarts)
+
+    def count_restart(self, block, reason):
+        at = self._block_at(block)
+        seq, generation, in_use, *restarts = _RECORD.unpack_from(self.mm, at)
+        restarts[RESTART_REASONS.index(reason)] += 1
+        _RECORD.pack_into(self.mm, at, seq, generation, in_use, *restarts)
+
+    def set_memory(self, block, slot, rss, uss):
+        _MEMORY.pack_into(self.mm, self.slot_offset(block, slot) + _MEMORY_AT, rss, uss)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def restarts(self, block):
+        return dict(zip(RESTART_REASONS, _RECORD.unpack_from(self.mm, self._block_at(block))[3:]))
+
+    def workers(self, block):
+        """The live slots of a block, as dicts (what preforkstatus shows, one row a worker)."""
+        rows = []
+        now = time.monotonic()
+        for slot in range(self.slots):
+            at = self.slot_offset(block, slot)
+            state, pid, number, booted = _IDENTITY.unpack_from(self.mm, at)
+            if state == FREE:
+                continue
+            record = memoryview(self.mm)[at + _HEARTBEAT_AT:at + SLOT_SIZE]
+            request = request_in(record)
+            if state == IDLE:
+                state = DEBUGGING if debugging_in(record) else BUSY if request else IDLE
+            record.release()
+            rss, uss = _MEMORY.unpack_from(self.mm, at + _MEMORY_AT)
+            counters = Counters(_COUNTERS.unpack_from(self.mm, at + _COUNTERS_AT))
+            rows.append({
+                "slot": slot, "number": number, "pid": pid, "state": STATE_NAMES.get(state, "?"),
+                "age": round(now - booted, 3),
+                "request": request[0] if request else None,
+                "request_age": round(now - request[1], 3) if request else None,
+                "requests": counters.requests, "rss": rss or None, "uss": uss or None,
+                "counters": counters,
+            })
+        return rows
+
+    def block_counters(self, block, live_only=False):
+        """The block's counters: its dead workers' (unless live_only) plus its live ones'."""
+        at = self._block_at(block)
+        while True:
+            seq = _RECORD.unpack_from(self.mm, at)[0]
+            if seq % 2:
+                time.sleep(0)  # an arbiter is folding a dead worker in: a few stores
+                continue
+            total = Counters() if live_only else Counters(_COUNTERS.unpack_from(self.mm, at + _COUNTERS_AT))
+            for slot in range(self.slots):
+                total.add(Counters(_COUNTERS.unpack_from(self.mm, self.slot_offset(block, slot) + _COUNTERS_AT)))
+            if _RECORD.unpack_from(self.mm, at)[0] == seq:
+                return total
+
+    def blocks_in_use(self):
+        return [b for b in range(self.blocks) if _RECORD.unpack_from(self.mm, self._block_at(b))[2]]
+
+
+class SlotWriter:
+    """A worker's side: its counters, stored with one pack_into when a request ends."""
+
+    __slots__ = ("mm", "at", "counters", "clear_request")
+
+    def __init__(self, mm, at, clear_request):
+        self.mm = mm
+        self.at = at
+        self.counters = Counters(_COUNTERS.unpack_from(mm, at + _COUNTERS_AT))
+        self.clear_request = clear_request  # the heartbeat's end_request
+
+    def booted(self):
+        self.mm[self.at] = IDLE
+
+    def end_request(self, status, sent):
+        """The request is over: its figures counted, its heartbeat record cleared."""
+        started = _STARTED.unpack_from(self.mm, self.at + _HEARTBEAT_AT)[0]
+        self.clear_request()
+        if not status:
+            return  # the connection closed before a request came
+        # A head so malformed it named no request was never started: counted, taking no time.
+        duration = time.monotonic() - started if started else 0.0
+        counters = self.counters
+        counters.requests += 1
+        counters.bytes_out += sent
+        if 100 <= status < 600:
+            counters.statuses[status // 100 - 1] += 1
+        counters.buckets[bisect_left(BUCKETS, duration)] += 1
+        counters.duration_sum += duration
+        _COUNTERS.pack_into(self.mm, self.at + _COUNTERS_AT, *counters.values())

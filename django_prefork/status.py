@@ -1,0 +1,258 @@
+"""What the master says about the server: /status, /metrics, /healthz.
+
+Theory of operation
+-------------------
+The master answers without asking any worker, from the scoreboard (see
+scoreboard.py) and what it knows itself (generations, reloads), so it
+answers while every worker is busy or stuck. It answers on two kinds of
+listening socket:
+
+* the control socket, always: a unix socket only this user can reach, in a
+  directory per user, beside a small JSON file naming the project. It is
+  how `manage.py preforkstatus` finds a running server (see `runtime_dir`);
+* `PREFORK_METRICS` when set: a TCP address or a unix path for Prometheus
+  and probes.
+
+The master runs no thread, so the channel is served from its select loop:
+every socket is non-blocking, one client is served at a time (the others
+wait in the backlog), a client gets `CLIENT_DEADLINE` seconds to send its
+request head, the answer is written as the socket takes it, and nothing a
+client does (connect and say nothing, send garbage, never read) can make
+the master wait. A malformed request gets 400 and the channel goes on.
+"""
+
+import errno
+import json
+import os
+import socket
+import struct
+import tempfile
+import time
+
+import httptools
+
+from . import __version__
+from .http import HTTPError, Limits, Request, _feed
+
+CLIENT_DEADLINE = 2.0  # seconds a status client has to send its request head
+HEAD_LIMIT = 8192
+_TCP_INFO_QUEUE = struct.Struct("II")  # tcpi_unacked, tcpi_sacked: for a listener, its queue and backlog
+
+
+def runtime_dir():
+    """Where control sockets live: $XDG_RUNTIME_DIR/django-prefork, else a 0700 dir in the temp dir."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = os.path.join(base, "django-prefork") if base else os.path.join(
+        tempfile.gettempdir(), f"django-prefork-{os.getuid()}")
+    return path
+
+
+def project_id():
+    """Which project a server serves: its settings module and the directory it runs from."""
+    from django.conf import settings
+
+    base = str(getattr(settings, "BASE_DIR", "") or os.getcwd())
+    return f"{os.environ.get('DJANGO_SETTINGS_MODULE', '')}@{os.path.realpath(base)}"
+
+
+def control_paths(pid, directory=None):
+    directory = directory or runtime_dir()
+    return os.path.join(directory, f"{pid}.sock"), os.path.join(directory, f"{pid}.json")
+
+
+def listener_queue(sock):
+    """(connections waiting, backlog) of a listening TCP socket from the kernel; None where it cannot say."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return _TCP_INFO_QUEUE.unpack_from(info, 24)
+    except (OSError, struct.error):
+        return None
+
+
+class Client:
+    """One status request in progress."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.deadline = time.monotonic() + CLIENT_DEADLINE
+        self.request = Request(Limits(1024, 32, 1024))
+        self.request.parser = httptools.HttpRequestParser(self.request)
+        self.received = 0
+        self.out = None  # the answer, once known; what is left of it to send
+
+
+class StatusChannel:
+    """The master's listening sockets for status, and the one client being served."""
+
+    def __init__(self, render):
+        self.render = render  # (method, path) -> (status, content type, body bytes)
+        self.listeners = []
+        self.client = None
+        self.control_files = ()
+
+    # -- opening -----------------------------------------------------------------
+
+    def open_control_socket(self, project):
+        directory = runtime_dir()
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
+        if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(directory):
+            # Someone else's, or open to others: a socket there could be replaced by theirs.
+            raise PermissionError(f"{directory} is not a private directory of this user")
+        sock_path, info_path = control_paths(os.getpid(), directory)
+        for stale in (sock_path, info_path):  # a pid reused after a crash
+            try:
+                os.unlink(stale)
+            except FileNotFoundError:
+                pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)
+        try:
+            sock.bind(sock_path)
+        finally:
+            os.umask(old_umask)
+        self._listen(sock)
+        with open(info_path + ".tmp", "w") as f:
+            json.dump({"pid": os.getpid(), "project": project, "socket": sock_path}, f)
+        os.replace(info_path + ".tmp", info_path)
+        self.control_files = (sock_path, info_path)
+
+    def open_metrics(self, address):
+        """PREFORK_METRICS: "host:port" or "unix:/path"."""
+        if address.startswith("unix:"):
+            path = address[len("unix:"):]
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            self.control_files += (path,)
+        else:
+            host, _, port = address.rpartition(":")
+            host = host.strip("[]") or "127.0.0.1"
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, int(port)))
+        self._listen(sock)
+        return sock
+
+    def _listen(self, sock):
+        sock.listen(64)
+        sock.setblocking(False)
+        sock.set_inheritable(False)  # generations and workers have no business with it
+        self.listeners.append(sock)
+
+    def close(self):
+        self._drop_client()
+        for sock in self.listeners:
+            sock.close()
+        self.listeners = []
+        for path in self.control_files:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    # -- the select loop's side ------------------------------------------------------
+
+    def read_fds(self):
+        if self.client is None:
+            return self.listeners
+        return [] if self.client.out is not None else [self.client.conn]
+
+    def write_fds(self):
+        return [self.client.conn] if self.client is not None and self.client.out is not None else []
+
+    def timeout(self):
+        """Seconds until the client in hand runs out of time; None without one."""
+        return None if self.client is None else max(0.0, self.client.deadline - time.monotonic())
+
+    def serve(self):
+        """Do whatever can be done now without waiting; called on every turn of the master's loop."""
+        if self.client is None:
+            self._accept()
+        client = self.client
+        if client is None:
+            return
+        if time.monotonic() > client.deadline:
+            self._drop_client()
+            return
+        if client.out is None:
+            self._read(client)
+        if client.out is not None:
+            self._write(client)
+
+    def _accept(self):
+        for sock in self.listeners:
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED):
+                    continue
+                raise
+            conn.setblocking(False)
+            self.client = Client(conn)
+            return
+
+    def _read(self, client):
+        try:
+            data = client.conn.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop_client()
+            return
+        if not data:
+            self._drop_client()
+            return
+        client.received += len(data)
+        try:
+            _feed(client.request.parser, client.request, data)
+            if not client.request.headers_complete:
+                if client.received > HEAD_LIMIT:
+                    raise HTTPError(431, "Request header fields too large")
+                return
+            path = client.request.target.split(b"?", 1)[0].decode("latin-1")
+            method = client.request.method.decode("latin-1")
+            status, content_type, body = self.render(method, path)
+        except HTTPError as exc:
+            status, content_type, body = exc.status, "text/plain; charset=utf-8", f"{exc.reason}\n".encode()
+        except Exception as exc:  # a bug in rendering must not take the master down
+            import logging
+
+            logging.getLogger("django_prefork").exception("status channel: answering %r failed", exc)
+            status, content_type, body = 500, "text/plain; charset=utf-8", b"Internal Server Error\n"
+        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nServer: django-prefork/{__version__}\r\n"
+                f"Cache-Control: no-store\r\nConnection: close\r\n\r\n")
+        client.out = memoryview(head.encode("latin-1") + (b"" if client.request.method == b"HEAD" else body))
+
+    def _write(self, client):
+        try:
+            sent = client.conn.send(client.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop_client()
+            return
+        client.out = client.out[sent:]
+        if not client.out:
+            self._drop_client()
+
+    def _drop_client(self):
+        if self.client is not None:
+            try:
+                self.client.conn.close()
+            finally:
+                self.client = None
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
