@@ -81,6 +81,19 @@ def run_generation(spec, listeners, config, load_app, name):
     return arbiter.run()
 
 
+def mark_process_dead(pid):
+    """The app's prometheus_client multiprocess mode: drop a dead worker's live gauges.
+
+    What gunicorn users write by hand in a child_exit hook.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        try:
+            from prometheus_client import multiprocess
+        except ImportError:
+            return
+        multiprocess.mark_process_dead(pid)
+
+
 def restart_reason(w, code, stopping):
     """Why a worker is being replaced, for prefork_worker_restarts_total; None: it was retired."""
     if w.aborted_at is not None:
@@ -273,6 +286,7 @@ class Arbiter(Supervisor):
             w.heartbeat.close()
             if w.slot is not None:
                 self.scoreboard.retire(self.block, w.slot, restart_reason(w, code, stopping))
+            mark_process_dead(pid)
         return None
 
     def restore_terminal(self):

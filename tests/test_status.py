@@ -1,0 +1,234 @@
+"""The master's status channel: /metrics, /healthz, /status and preforkstatus (SPEC §4c).
+
+Each test starts a real server with PREFORK_METRICS on a free port and reads
+what the master says while workers are busy, die, recycle and reload.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .helpers import REPO, alive, wait_until
+
+RAW_APPS = "tests.fixtureapp.rawapps.application"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(serve, *args, env=None, serving=True, **settings):
+    """A server with PREFORK_METRICS on a free port; by default, once its first generation serves."""
+    port = free_port()
+    settings = {"PREFORK_WORKERS": 2, "PREFORK_METRICS": f"127.0.0.1:{port}", **settings}
+    server = serve(*args, settings=settings, env=env)
+    server.metrics_url = f"http://127.0.0.1:{port}"
+    if serving:
+        wait_until(lambda: fetch(server, "/healthz")[0] == 200, timeout=20, message="generation 1 serving")
+    return server
+
+
+def fetch(server, path, timeout=5):
+    """(status, body) from the master's metrics address."""
+    try:
+        with urllib.request.urlopen(server.metrics_url + path, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def metrics(server):
+    status, body = fetch(server, "/metrics")
+    assert status == 200, body
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            key = sample.name + "".join(f",{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[key] = sample.value
+    return samples
+
+
+def requests_total(samples):
+    return sum(v for k, v in samples.items() if k.startswith("prefork_requests_total,"))
+
+
+def hold(server, path, count):
+    """Open `count` connections sending GET `path`; return them (close to let go)."""
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        socks.append(sock)
+    return socks
+
+
+def preforkstatus(*args, env=None):
+    environment = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.fixtureapp.settings",
+                       PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "testproject")]), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "django", "preforkstatus", *args], cwd=REPO, env=environment,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_busy_workers_and_the_queue_are_seen_while_every_worker_is_held(serve):
+    server = start(serve)
+    server.wait_workers(2)
+    busy = hold(server, "/slow?s=8", 2)
+    try:
+        wait_until(lambda: metrics(server).get("prefork_workers_busy") == 2, message="both workers busy")
+        queued = hold(server, "/pid", 5)
+        try:
+            def five_waiting():
+                value = metrics(server).get(f"prefork_queued_connections,listener=http://127.0.0.1:{server.port}/")
+                return value is not None and abs(value - 5) <= 1
+
+            wait_until(five_waiting, message="5 connections in the listen queue")
+            for path in ("/metrics", "/healthz"):
+                best = min(_timed(fetch, server, path) for _ in range(3))
+                assert best < 0.1, f"{path} took {best:.3f} s with every worker busy"
+            assert fetch(server, "/healthz") == (200, b"ok\n")
+            result = preforkstatus("--pid", str(server.pid), "--json")
+            assert result.returncode == 0, result.stderr
+            doc = json.loads(result.stdout)
+            held = [w for w in doc["worker_list"] if w["state"] == "busy"]
+            assert [w["request"] for w in held] == ["GET /slow?s=8", "GET /slow?s=8"]
+            assert all(w["request_age"] > 0 for w in held)
+            assert doc["listeners"][0]["backlog"] == 2048
+            table = preforkstatus("--pid", str(server.pid))
+            assert "GET /slow?s=8" in table.stdout and "waiting in the listen queue" in table.stdout
+            os.kill(server.pid, signal.SIGTTIN)
+            wait_until(lambda: metrics(server).get("prefork_workers") == 3, message="a third worker")
+        finally:
+            for sock in queued:
+                sock.close()
+    finally:
+        for sock in busy:
+            sock.close()
+
+
+def _timed(fn, *args):
+    started = time.monotonic()
+    fn(*args)
+    return time.monotonic() - started
+
+
+def test_counters_never_go_down_across_deaths_recycles_and_reloads(serve):
+    server = start(serve, PREFORK_MAX_REQUESTS=4, WSGI_APPLICATION=RAW_APPS)
+    server.wait_workers(2)
+    seen = [0.0]
+
+    def served(count):
+        for _ in range(count):
+            assert server.get("/rss")[0] == 200
+        total = requests_total(metrics(server))
+        assert total >= seen[-1], f"a counter went down: {seen} then {total}"
+        seen.append(total)
+        return total
+
+    assert served(10) >= 10  # and workers recycled on the way (4 requests each)
+    wait_until(lambda: metrics(server).get("prefork_worker_restarts_total,reason=max_requests", 0) >= 1,
+               message="a max-requests recycle counted")
+    victim = server.wait_workers(2)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not alive(victim), message="the killed worker gone")
+    wait_until(lambda: metrics(server).get("prefork_worker_restarts_total,reason=crash", 0) >= 1,
+               message="the SIGKILL counted as a crash")
+    before_reload = served(3)
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_for(r"generation 2 \(pid \d+\) serving", timeout=30)
+    wait_until(lambda: len(server.arbiter_pids()) == 1, timeout=30, message="generation 1 gone")
+    samples = metrics(server)
+    assert requests_total(samples) >= before_reload
+    assert samples["prefork_reloads_total,result=ok"] == 1 and samples["prefork_generation"] == 2
+    assert served(3) >= before_reload + 3
+
+
+def test_the_apps_own_multiprocess_metrics_are_aggregated(serve, tmp_path):
+    server = start(serve, WSGI_APPLICATION="tests.fixtureapp.promapp.application",
+                   env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    workers = set(server.wait_workers(2))
+    pids, hits = set(), 0
+    deadline = time.monotonic() + 20
+    while pids != workers and time.monotonic() < deadline:
+        pids.add(int(server.get("/")[1]))
+        hits += 1
+    assert pids == workers, "both workers must have served"
+    samples = metrics(server)
+    assert samples["app_hits_total"] == hits
+    assert samples["app_live_workers"] == 2
+    victim = workers.pop()
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: metrics(server).get("app_live_workers") == 1, message="the dead worker's gauge removed")
+    assert metrics(server)["app_hits_total"] == hits  # a counter keeps what the dead worker counted
+
+
+def test_healthz_is_503_while_booting_and_stopping_and_200_through_a_reload(serve):
+    server = start(serve, WSGI_APPLICATION="tests.fixtureapp.slowboot.application",
+                   env={"PREFORK_TEST_BOOT_SECONDS": "2"}, serving=False)
+    assert fetch(server, "/healthz")[0] == 503  # the workers are still loading the app
+    wait_until(lambda: fetch(server, "/healthz")[0] == 200, timeout=20, message="/healthz 200 once serving")
+    os.kill(server.pid, signal.SIGHUP)
+    statuses = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not server.output.count("generation 2 (pid"):
+        statuses.append(fetch(server, "/healthz")[0])
+        time.sleep(0.05)
+    server.wait_for(r"generation 2 \(pid \d+\) serving", timeout=30)
+    assert statuses and set(statuses) == {200}, statuses
+    holder = hold(server, "/slow-echo", 1)  # a request in hand keeps the stop going a little
+    try:
+        os.kill(server.pid, signal.SIGTERM)
+        wait_until(lambda: _healthz_or_gone(server) in (503, None), message="/healthz 503 while stopping")
+    finally:
+        holder[0].close()
+    assert server.proc.wait(15) == 0
+
+
+def _healthz_or_gone(server):
+    try:
+        return fetch(server, "/healthz", timeout=1)[0]
+    except OSError:
+        return None
+
+
+def test_garbage_and_silence_on_the_metrics_port_cost_the_master_nothing(serve):
+    server = start(serve)
+    port = int(server.metrics_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"\x16\x03\x01 garbage\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+    assert fetch(server, "/healthz") == (200, b"ok\n")
+    silent = socket.create_connection(("127.0.0.1", port), timeout=5)  # connects, says nothing
+    try:
+        hup_at = time.monotonic()
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_for("starting generation 2", timeout=5)
+        assert time.monotonic() - hup_at < 2
+        server.wait_for(r"generation 2 \(pid \d+\) serving", timeout=30)
+    finally:
+        silent.close()
+    assert fetch(server, "/nope")[0] == 404 and fetch(server, "/metrics")[0] == 200
+
+
+def test_preforkstatus_without_a_server_says_so_in_one_line(tmp_path):
+    result = preforkstatus(env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No runprefork server of this project is running" in lines[0], result.stderr
+
+
+def test_preforkstatus_finds_the_server_of_this_project(serve, tmp_path):
+    server = start(serve, env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    result = preforkstatus(env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert f"runprefork master pid {server.pid}" in result.stdout
+    assert "WORKER" in result.stdout and "idle" in result.stdout
