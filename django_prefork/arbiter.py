@@ -30,10 +30,11 @@ import time
 
 from . import debugger, heartbeat, proctitle
 from .heartbeat import Heartbeat
+from .capacity import LOOK_EVERY, Scaler, mem_available
 from .memory import read_memory
 from .scoreboard import Scoreboard
 from .signals import close_wakeup_pipe, die_with_parent
-from .sockets import Listener
+from .sockets import Listener, waiting_connections
 from .supervisor import HaltServer, Supervisor, kill_quietly
 from .terminal import Terminal
 from .worker import BOOT_ERROR, SyncWorker
@@ -57,6 +58,7 @@ class GenerationSpec:
     worker_count: int
     scoreboard_fd: int = -1  # the master's scoreboard (scoreboard.py); -1: none
     block: int = -1  # this generation's block in it; -1: none free
+    start_count: int = 0  # workers to start with: the count the serving generation had scaled to
     terminal: list = None  # the terminal's settings as the master found them (terminal.py)
 
     def to_environ(self, environ):
@@ -78,6 +80,8 @@ def run_generation(spec, listeners, config, load_app, name):
     arbiter.terminal = Terminal.from_json(spec.terminal)
     if spec.scoreboard_fd >= 0 and spec.block >= 0:
         arbiter.scoreboard, arbiter.block = Scoreboard.open(spec.scoreboard_fd), spec.block
+    arbiter.scaler.move_floor(spec.worker_count)
+    arbiter.worker_count = min(max(spec.worker_count, spec.start_count), arbiter.scaler.ceiling)
     return arbiter.run()
 
 
@@ -98,6 +102,8 @@ def restart_reason(w, code, stopping):
     """Why a worker is being replaced, for prefork_worker_restarts_total; None: it was retired."""
     if w.aborted_at is not None:
         return "timeout"
+    if w.recycling:
+        return w.recycling
     if stopping or w.retiring:
         return None
     return "max_requests" if code == 0 else "crash"
@@ -111,6 +117,8 @@ class WorkerProcess:
         self.number = number
         self.heartbeat = beat
         self.slot = slot  # its scoreboard slot, or None
+        self.memory = None  # (RSS, USS) as last read
+        self.recycling = None  # why it was asked to finish its request and exit ("memory")
         self.retiring = False  # sent TERM; no longer counted
         self.aborted_at = None  # monotonic time of the timeout SIGABRT
         self.killed = False  # we sent SIGKILL ourselves
@@ -139,6 +147,9 @@ class Arbiter(Supervisor):
         self.scoreboard = None  # the master's, shared; this generation writes only its block
         self.block = None
         self.memory_read_at = 0.0
+        self.scaler = Scaler(config.workers, config.max_workers)
+        self.looked_at = 0.0
+        self.short_of_memory_said = 0.0
 
     def __str__(self):
         return f"generation {self.generation}"
@@ -151,11 +162,14 @@ class Arbiter(Supervisor):
         if self.config.preload_app:
             app = self.load_app()
             self.load_app = lambda: app
+        self.publish_capacity()
         self.maintain_worker_count()
 
     def nap(self):
         # Look more often while workers boot: the master waits on their readiness.
-        return 0.1 if any(not w.ready for w in self.workers.values()) else 1.0
+        if any(not w.ready for w in self.workers.values()):
+            return 0.1
+        return LOOK_EVERY if self.scaler.enabled else 1.0
 
     def tend(self):
         if os.getppid() != self.master_pid:
@@ -164,6 +178,7 @@ class Arbiter(Supervisor):
         self.reap_children()
         self.notice_booted_workers()
         self.murder_lazy_workers()
+        self.scale_workers()
         self.maintain_worker_count()
         self.measure_workers()
         return None
@@ -172,8 +187,11 @@ class Arbiter(Supervisor):
         kill_quietly(self.master_pid, signal.SIGHUP)  # reloading is the master's job
 
     def set_worker_count(self, count, sig):
-        self.worker_count = count
-        log.info("%s: %d workers", sig.name[3:], count)
+        # TTIN and TTOU move the floor, and the count with it.
+        self.scaler.move_floor(max(1, self.scaler.floor + count - self.worker_count))
+        self.worker_count = max(self.scaler.floor, min(count, self.scaler.ceiling))
+        self.publish_capacity()
+        log.info("%s: %d workers", sig.name[3:], self.worker_count)
 
     def pass_on(self, sig):
         self.signal_children(sig)
@@ -189,10 +207,46 @@ class Arbiter(Supervisor):
         if missing > 0:
             self.spawn_workers(missing)
         elif missing < 0:
-            # Retire the newest first: the oldest have warm caches.
-            for w in sorted(serving, key=lambda w: w.number, reverse=True)[:-missing]:
+            # Retire idle ones first, then the newest: the oldest have warm caches.
+            def keep_first(w):
+                return (w.heartbeat.current_request() is None, w.number)
+
+            for w in sorted(serving, key=keep_first, reverse=True)[:-missing]:
                 w.retiring = True
                 kill_quietly(w.pid, signal.SIGTERM)
+
+    def scale_workers(self):
+        """PREFORK_MAX_WORKERS: one look at the workers and the queue, and at most one change (capacity.py)."""
+        now = time.monotonic()
+        if not self.scaler.enabled or now - self.looked_at < LOOK_EVERY:
+            return
+        self.looked_at = now
+        serving = [w for w in self.workers.values() if not w.retiring and w.ready]
+        if len(serving) < self.worker_count:
+            return  # still booting the last change: judge the full count
+        busy = sum(1 for w in serving if w.heartbeat.current_request() is not None or w.heartbeat.debugging())
+        self.scaler.look(now, busy, len(serving), waiting_connections(self.listeners))
+        delta, why = self.scaler.decide(now, self.worker_count, self.room_for_one_more())
+        if delta == 0:
+            if why == "memory" and now - self.short_of_memory_said > 60:
+                self.short_of_memory_said = now
+                log.warning("%s: every worker busy, but MemAvailable would not hold one more; staying at %d",
+                            self, self.worker_count)
+            return
+        self.worker_count += delta
+        self.scaler.changed(now, delta)
+        self.publish_capacity(delta)
+        log.info("%s: scaling %s to %d workers: %s", self, "up" if delta > 0 else "down", self.worker_count, why)
+
+    def room_for_one_more(self):
+        """Would the machine's available memory hold another worker (the largest we have)?"""
+        available = mem_available()
+        sizes = [w.memory[1] or w.memory[0] for w in self.workers.values() if w.memory]
+        return available is None or not sizes or available > max(sizes)
+
+    def publish_capacity(self, scaled=0):
+        if self.scoreboard is not None:
+            self.scoreboard.set_capacity(self.block, self.worker_count, self.scaler.floor, self.scaler.ceiling, scaled)
 
     def spawn_workers(self, count):
         if time.monotonic() < self.respawn_at:
@@ -362,16 +416,28 @@ class Arbiter(Supervisor):
                 kill_quietly(w.pid, signal.SIGABRT)
 
     def measure_workers(self):
-        """Each worker's RSS and USS into the scoreboard, about once a second."""
+        """Each worker's RSS and USS, about once a second: to the scoreboard, and against the limit."""
         now = time.monotonic()
-        if self.scoreboard is None or now - self.memory_read_at < 1.0:
+        if now - self.memory_read_at < 1.0:
             return
         self.memory_read_at = now
-        for w in self.workers.values():
+        limit = self.config.max_worker_memory * 1024 * 1024
+        for w in list(self.workers.values()):
+            w.memory = read_memory(w.pid)
+            if w.memory is None:
+                continue
             if w.slot is not None:
-                figures = read_memory(w.pid)
-                if figures is not None:
-                    self.scoreboard.set_memory(self.block, w.slot, *figures)
+                self.scoreboard.set_memory(self.block, w.slot, *w.memory)
+            if limit and w.memory[1] > limit and not w.retiring and w.ready:
+                self.recycle(w, f"it uses {w.memory[1] / 1048576:.0f} MiB of its own (USS), past "
+                                f"PREFORK_MAX_WORKER_MEMORY {self.config.max_worker_memory} MiB", "memory")
+
+    def recycle(self, w, why, reason):
+        """Replace `w` without failing a request: its successor first, then it finishes and exits."""
+        log.info("%s: %s; recycling it after its current request", w, why)
+        w.retiring, w.recycling = True, reason
+        self.maintain_worker_count()  # forks the replacement now
+        kill_quietly(w.pid, signal.SIGUSR2)
 
     # -- stopping: the Supervisor's, with these hooks ---------------------------------
 

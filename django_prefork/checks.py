@@ -17,12 +17,21 @@ def check_settings(app_configs=None, **kwargs):
                 id=setting.check_id,
             )
         )
-    return errors or _missing() or _warnings()  # a warning about an invalid value would only add noise
+    return errors or _cross_checks() or _warnings()  # a warning about an invalid value would only add noise
 
 
-def _missing():
+def _cross_checks():
     from django.conf import settings
 
+    workers = getattr(settings, "PREFORK_WORKERS", None) or conf.usable_cpus()
+    ceiling = getattr(settings, "PREFORK_MAX_WORKERS", None)
+    if ceiling is not None and ceiling < workers:
+        return [checks.Error(
+            f"PREFORK_MAX_WORKERS ({ceiling}) is below PREFORK_WORKERS ({workers}).",
+            hint="PREFORK_WORKERS is the floor and PREFORK_MAX_WORKERS the ceiling of scaling: raise the "
+            "ceiling, lower the floor, or remove PREFORK_MAX_WORKERS for a fixed count.",
+            id="prefork.E051",
+        )]
     from .metrics import prometheus_available
 
     if getattr(settings, "PREFORK_METRICS", None) and not prometheus_available():

@@ -50,6 +50,14 @@ def _seconds(minimum, allow_zero=False):
     return valid
 
 
+def _optional(valid):
+    def optional(value):
+        return value is None or valid(value)
+
+    optional.wants = f"None or {valid.wants}"
+    return optional
+
+
 def _bool(value):
     return isinstance(value, bool)
 
@@ -146,6 +154,8 @@ SETTINGS = (
     Setting("PREFORK_UNIX_SOCKET_MODE", "prefork.E017", 0o666, _socket_mode),
     Setting("PREFORK_FORWARDED_ALLOW_IPS", "prefork.E018", ("127.0.0.1", "::1"), _peer_addresses),
     Setting("PREFORK_METRICS", "prefork.E019", None, _metrics_address),
+    Setting("PREFORK_MAX_WORKERS", "prefork.E020", None, _optional(_int(1))),
+    Setting("PREFORK_MAX_WORKER_MEMORY", "prefork.E021", 0, _int(0)),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -192,6 +202,8 @@ class Config:
     unix_socket_mode: int
     forwarded_allow_ips: tuple
     metrics: object  # None or an address
+    max_workers: int  # None in the settings: the same as workers
+    max_worker_memory: int  # MiB; 0 = never
 
     @classmethod
     def load(cls, overrides=None):
@@ -206,4 +218,6 @@ class Config:
                 values[field.name] = getattr(django_settings, setting.name, None)
                 if values[field.name] is None:
                     values[field.name] = setting.default_value()
+        if values["max_workers"] is None:
+            values["max_workers"] = values["workers"]  # no scaling unless asked
         return cls(**values)

@@ -271,7 +271,7 @@ class Master(Supervisor):
             finally:
                 os._exit(status)
         os.close(spec.ready_fd)
-        self.generations.append(Generation(1, pid, ready_r, spec.worker_count, _block(spec)))
+        self.generations.append(Generation(1, pid, ready_r, max(spec.worker_count, spec.start_count), _block(spec)))
         log.debug("%s booting", self.generations[-1])
 
     def next_spec(self):
@@ -284,8 +284,13 @@ class Master(Supervisor):
         if block is None:
             log.warning("generation %d: every scoreboard block is taken; its figures will not be counted",
                         self.last_number)
+        serving = self.serving()
+        scaled_to = 0  # a reload keeps the count the serving generation scaled to
+        if serving is not None and serving.block is not None:
+            scaled_to = self.scoreboard.capacity(serving.block)["target"]
         spec = GenerationSpec(self.last_number, ready_w, fds, self.worker_count, terminal=terminal,
-                              scoreboard_fd=self.scoreboard.fd, block=-1 if block is None else block)
+                              scoreboard_fd=self.scoreboard.fd, block=-1 if block is None else block,
+                              start_count=scaled_to)
         return spec, ready_r
 
     def reload(self, why):
@@ -309,7 +314,8 @@ class Master(Supervisor):
             return
         finally:
             os.close(spec.ready_fd)
-        self.generations.append(Generation(spec.number, pid, ready_r, spec.worker_count, _block(spec)))
+        self.generations.append(Generation(spec.number, pid, ready_r, max(spec.worker_count, spec.start_count),
+                                           _block(spec)))
 
     def promote_ready_generations(self):
         for generation in self.in_state(BOOTING):

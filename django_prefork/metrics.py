@@ -21,7 +21,7 @@ import os
 import time
 
 from .scoreboard import BUCKETS, RESTART_REASONS, STATUS_CLASSES, Counters
-from .status import listener_queue
+from .sockets import listen_queue
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -36,14 +36,17 @@ class Report:
         self.ended = Counters()
         self.ended_restarts = dict.fromkeys(RESTART_REASONS, 0)
         self.reloads = {"ok": 0, "failed": 0}
+        self.ended_scaling = {"up": 0, "down": 0}
         self.started = time.time()
 
     def generation_ended(self, block):
         """Fold an ended generation's block into the lifetime totals; free the block."""
-        counters, restarts = self.master.scoreboard.release_block(block)
+        counters, restarts, scaling = self.master.scoreboard.release_block(block)
         self.ended.add(counters)
         for reason, count in restarts.items():
             self.ended_restarts[reason] += count
+        for direction, count in scaling.items():
+            self.ended_scaling[direction] += count
 
     # -- the document -------------------------------------------------------------------
 
@@ -52,13 +55,21 @@ class Report:
         board = master.scoreboard
         totals = Counters().add(self.ended)
         restarts = dict(self.ended_restarts)
+        scaling = dict(self.ended_scaling)
         generations, workers = [], []
+        serving = master.serving()
+        capacity = None
         for generation in master.generations:
             rows = []
             if generation.block is not None:
                 totals.add(board.block_counters(generation.block))
                 for reason, count in board.restarts(generation.block).items():
                     restarts[reason] += count
+                generation_capacity = board.capacity(generation.block)
+                for direction in ("up", "down"):
+                    scaling[direction] += generation_capacity[direction]
+                if generation is serving:
+                    capacity = generation_capacity
                 rows = board.workers(generation.block)
                 for row in rows:
                     row["generation"] = generation.number
@@ -66,10 +77,9 @@ class Report:
                 workers += rows
             generations.append({"number": generation.number, "state": generation.state, "pid": generation.pid,
                                 "workers": len(rows)})
-        serving = master.serving()
         listeners = []
         for listener in master.listeners:
-            queue = listener_queue(listener.sock)
+            queue = listen_queue(listener.sock)
             entry = {"address": listener.url()}
             if queue is not None:  # absent where the kernel cannot say: never a made-up 0
                 entry["queued"], entry["backlog"] = queue
@@ -80,7 +90,9 @@ class Report:
             "healthy": master.healthy(),
             "generation": serving.number if serving else None,
             "generations": generations,
-            "worker_target": master.worker_count,
+            "worker_target": capacity["target"] if capacity and capacity["target"] else master.worker_count,
+            "worker_bounds": [capacity["floor"], capacity["ceiling"]] if capacity and capacity["target"] else None,
+            "scaling": scaling,
             "workers": len(workers),
             "busy": sum(1 for w in workers if w["state"] in ("busy", "debugging")),
             "listeners": listeners,
@@ -114,8 +126,13 @@ class _Collector:
         doc = self.doc
         yield GaugeMetricFamily("prefork_workers", "Worker processes alive (every generation).", value=doc["workers"])
         yield GaugeMetricFamily("prefork_workers_busy", "Workers serving a request now.", value=doc["busy"])
-        yield GaugeMetricFamily("prefork_worker_target", "Workers the serving generation keeps.",
+        yield GaugeMetricFamily("prefork_worker_target", "Workers the serving generation keeps now (scaling moves it).",
                                 value=doc["worker_target"])
+        scaling = CounterMetricFamily("prefork_scaling_events", "Workers added or retired by scaling (PREFORK_MAX_WORKERS).",
+                                      labels=["direction"])
+        for direction, count in doc["scaling"].items():
+            scaling.add_metric([direction], count)
+        yield scaling
         queued = GaugeMetricFamily("prefork_queued_connections",
                                    "Connections waiting in the listen queue (kernel's figure).", labels=["listener"])
         backlog = GaugeMetricFamily("prefork_listen_backlog", "Length of the listen queue.", labels=["listener"])

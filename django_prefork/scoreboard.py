@@ -51,7 +51,7 @@ SLOT_SIZE = 2048
 # Seconds; Prometheus' default buckets. The last bucket counts the rest (+Inf).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-RESTART_REASONS = ("timeout", "max_requests", "memory", "crash", "scale_down")
+RESTART_REASONS = ("timeout", "max_requests", "memory", "crash")
 
 FREE, BOOTING, IDLE, BUSY, DEBUGGING = range(5)
 STATE_NAMES = {FREE: "free", BOOTING: "booting", IDLE: "idle", BUSY: "busy", DEBUGGING: "debugging"}
@@ -61,15 +61,18 @@ _PID = struct.Struct("@I")
 _IDENTITY = struct.Struct("@B3xIId")  # state (FREE, BOOTING, IDLE once booted), pid, number, booted at
 # requests, bytes out, 5 status classes, len(BUCKETS) + 1 buckets, duration sum
 _COUNTERS = struct.Struct(f"@QQ5Q{len(BUCKETS) + 1}Qd")
-_COUNTERS_AT = 64
+_COUNTERS_AT = 128
 _MEMORY = struct.Struct("@QQ")  # RSS, USS in bytes, as the arbiter last read them
 _MEMORY_AT = _COUNTERS_AT + _COUNTERS.size
 _HEARTBEAT_AT = 512  # the heartbeat record, to the slot's end
 _STARTED = struct.Struct("@d")  # the record's first field: the request's start, 0 when none
 # The block record: seq, generation, in use, restarts by reason, then the counters of its dead workers.
 _RECORD = struct.Struct(f"@QII{len(RESTART_REASONS)}Q")
+# Then the arbiter's capacity: its worker target, floor, ceiling; scaling events up and down.
+_CAPACITY = struct.Struct("@IIIxxxxQQ")
+_CAPACITY_AT = _RECORD.size
 assert _MEMORY_AT + _MEMORY.size <= _HEARTBEAT_AT and SLOT_SIZE - _HEARTBEAT_AT >= RECORD_SIZE
-assert _RECORD.size <= _COUNTERS_AT
+assert _CAPACITY_AT + _CAPACITY.size <= _COUNTERS_AT
 
 _ZERO_COUNTERS = (0,) * (_COUNTERS.size // 8 - 1) + (0.0,)
 
@@ -149,12 +152,13 @@ class Scoreboard:
         return None
 
     def release_block(self, block):
-        """The generation has ended: its figures, folded into one Counters; the block freed."""
+        """The generation has ended: its counters, restarts and scaling events; the block freed."""
         total = self.block_counters(block, live_only=False)
         restarts = self.restarts(block)
+        capacity = self.capacity(block)
         at = self._block_at(block)
         _RECORD.pack_into(self.mm, at, 0, 0, 0, *(0,) * len(RESTART_REASONS))
-        return total, restarts
+        return total, restarts, {"up": capacity["up"], "down": capacity["down"]}
 
     def block_generation(self, block):
         return _RECORD.unpack_from(self.mm, self._block_at(block))[1]
@@ -199,6 +203,16 @@ class Scoreboard:
         seq, generation, in_use, *restarts = _RECORD.unpack_from(self.mm, at)
         restarts[RESTART_REASONS.index(reason)] += 1
         _RECORD.pack_into(self.mm, at, seq, generation, in_use, *restarts)
+
+    def set_capacity(self, block, target, floor, ceiling, scaled=0):
+        """The arbiter's worker target and bounds; `scaled` +1/-1 counts a scaling event."""
+        at = self._block_at(block) + _CAPACITY_AT
+        _, _, _, ups, downs = _CAPACITY.unpack_from(self.mm, at)
+        _CAPACITY.pack_into(self.mm, at, target, floor, ceiling, ups + (scaled > 0), downs + (scaled < 0))
+
+    def capacity(self, block):
+        target, floor, ceiling, ups, downs = _CAPACITY.unpack_from(self.mm, self._block_at(block) + _CAPACITY_AT)
+        return {"target": target, "floor": floor, "ceiling": ceiling, "up": ups, "down": downs}
 
     def set_memory(self, block, slot, rss, uss):
         _MEMORY.pack_into(self.mm, self.slot_offset(block, slot) + _MEMORY_AT, rss, uss)

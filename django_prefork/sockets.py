@@ -66,6 +66,33 @@ def set_io_timeout(sock, seconds):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
 
+def listen_queue(sock):
+    """(connections waiting, backlog) of a listening TCP socket, from the kernel; None where it cannot say.
+
+    Linux's tcp_info for a listener: tcpi_unacked is its accept queue's
+    length, tcpi_sacked the backlog. Unix sockets and other systems: None,
+    never a made-up 0.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return struct.unpack_from("II", info, 24)
+    except (OSError, struct.error):
+        return None
+
+
+def waiting_connections(listeners):
+    """Connections waiting in all the listen queues, or None if any queue cannot be read."""
+    total = 0
+    for listener in listeners:
+        queue = listen_queue(listener.sock)
+        if queue is None:
+            return None
+        total += queue[0]
+    return total
+
+
 def queued_connections(listeners, fallback):
     """Connections waiting in the listen queues now: what a TERM still serves.
 

@@ -25,7 +25,6 @@ import errno
 import json
 import os
 import socket
-import struct
 import tempfile
 import time
 
@@ -36,7 +35,6 @@ from .http import HTTPError, Limits, Request, _feed
 
 CLIENT_DEADLINE = 2.0  # seconds a status client has to send its request head
 HEAD_LIMIT = 8192
-_TCP_INFO_QUEUE = struct.Struct("II")  # tcpi_unacked, tcpi_sacked: for a listener, its queue and backlog
 
 
 def runtime_dir():
@@ -58,17 +56,6 @@ def project_id():
 def control_paths(pid, directory=None):
     directory = directory or runtime_dir()
     return os.path.join(directory, f"{pid}.sock"), os.path.join(directory, f"{pid}.json")
-
-
-def listener_queue(sock):
-    """(connections waiting, backlog) of a listening TCP socket from the kernel; None where it cannot say."""
-    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
-        return None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-        return _TCP_INFO_QUEUE.unpack_from(info, 24)
-    except (OSError, struct.error):
-        return None
 
 
 class Client:

@@ -48,6 +48,7 @@ class SyncWorker:
         self.config = config
         self.load_app = load_app
         self.alive = True
+        self.recycle = False  # SIGUSR2: finish the request in hand, then exit (its successor runs already)
         self.served = 0
         self.max_requests = max_requests  # this worker's own, jitter included; 0 = never
         self.contexts = []  # one WorkerContext a listener
@@ -78,11 +79,15 @@ class SyncWorker:
         signal.signal(signal.SIGINT, self.handle_quit)
         signal.signal(signal.SIGQUIT, self.handle_quit)
         signal.signal(signal.SIGUSR1, self.handle_usr1)
+        signal.signal(signal.SIGUSR2, self.handle_usr2)
         signal.signal(signal.SIGABRT, self.handle_abort)
         die_with_parent(signal.SIGTERM)
 
     def handle_term(self, signum, frame):
         self.alive = False  # finish the request in hand and those queued, then leave
+
+    def handle_usr2(self, signum, frame):
+        self.recycle = True  # unlike TERM, leave the queued connections to the successor
 
     def handle_quit(self, signum, frame):
         _flush_std_streams()
@@ -200,10 +205,12 @@ class SyncWorker:
                 if self.max_requests and self.served >= self.max_requests:
                     log.info("worker %d (pid %d) served %d requests; recycling", self.number, os.getpid(), self.served)
                     return
+                if self.recycle:
+                    return
             if accepted:
                 continue  # more may be waiting: no select() after a successful accept
-            if not self.alive:
-                return  # TERM, and nothing (more) queued for us
+            if not self.alive or self.recycle:
+                return  # TERM, and nothing (more) queued for us; or recycled
             if os.getppid() != self.ppid:
                 log.warning("worker %d (pid %d): the arbiter is gone; exiting", self.number, os.getpid())
                 return
