@@ -66,6 +66,10 @@ def test_every_setting_has_its_own_check_id():
         ("PREFORK_UNIX_SOCKET_MODE", "0666", "prefork.E017"),
         ("PREFORK_FORWARDED_ALLOW_IPS", "127.0.0.1", "prefork.E018"),
         ("PREFORK_FORWARDED_ALLOW_IPS", ["127.0.0.1", "nginx.local"], "prefork.E018"),
+        ("PREFORK_METRICS", "9108", "prefork.E019"),
+        ("PREFORK_METRICS", "unix:relative.sock", "prefork.E019"),
+        ("PREFORK_MAX_WORKERS", 0, "prefork.E020"),
+        ("PREFORK_MAX_WORKER_MEMORY", -1, "prefork.E021"),
     ],
 )
 def test_bad_values_fail_their_check_with_a_hint(name, value, check_id):

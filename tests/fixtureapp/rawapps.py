@@ -217,13 +217,36 @@ def slow_echo(environ, start_response):
     return echo(environ, start_response)
 
 
+def sleep(environ, start_response):
+    """/sleep?0.2: hold the worker that long (a view waiting on its database)."""
+    import time
+
+    time.sleep(float(environ["QUERY_STRING"] or "0.2"))
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+_HOARD = []
+
+
+def hog(environ, start_response):
+    """/hog?60: allocate that many MB and keep them, as a leaking view would."""
+    _HOARD.append(bytearray(int(environ["QUERY_STRING"] or "60") * 1024 * 1024))
+    for i in range(0, len(_HOARD[-1]), 4096):
+        _HOARD[-1][i] = 1  # touch every page: private memory, counted in USS
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 ROUTES = {
     "/echo": echo, "/validate": validator(strict_echo), "/lines": lines, "/count": count,
     "/reject": reject_early, "/stream": stream, "/stream-big": stream_big, "/short": short, "/long": long,
     "/raise-before": raise_before, "/raise-after": raise_after, "/inject": inject, "/bad-header": bad_header, "/hop": hop,
     "/nocontent": no_content, "/write": write_callable, "/exc-info": exc_info_before,
     "/closing": closing, "/file": file, "/read-whole": read_whole, "/rss": rss, "/bodiless": bodiless,
-    "/not-latin1": not_latin1, "/slow-echo": slow_echo, "*": echo,
+    "/not-latin1": not_latin1, "/slow-echo": slow_echo, "/sleep": sleep, "/hog": hog, "*": echo,
 }
 
 
