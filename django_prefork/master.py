@@ -222,7 +222,11 @@ class Master(Supervisor):
         except OSError as exc:
             log.warning("no control socket for preforkstatus: %s", exc)
         if self.config.metrics:
-            sock = self.status.open_metrics(self.config.metrics)
+            try:
+                sock = self.status.open_metrics(self.config.metrics, self.config.unix_socket_mode)
+            except OSError as exc:
+                raise HaltServer(f"PREFORK_METRICS {self.config.metrics}: {exc.strerror or exc}. "
+                                 "Is another server using that address?") from None
             where = self.config.metrics if self.config.metrics.startswith("unix:") else \
                 "http://%s:%d" % sock.getsockname()[:2]
             log.info("metrics at %s/metrics, health at %s/healthz", where, where)

@@ -166,10 +166,11 @@ class _Collector:
         yield reloads
         yield GaugeMetricFamily("prefork_generation", "The serving generation's number.",
                                 value=doc["generation"] or 0)
+        # Labelled by worker number, not pid: a replacement takes its number, so series do not churn.
         memory = GaugeMetricFamily("prefork_worker_memory_bytes", "Each worker's memory as last read (RSS, USS).",
-                                   labels=["worker", "pid", "kind"])
+                                   labels=["generation", "worker", "kind"])
         for worker in doc["worker_list"]:
             for kind in ("rss", "uss"):
                 if worker[kind]:
-                    memory.add_metric([str(worker["number"]), str(worker["pid"]), kind], worker[kind])
+                    memory.add_metric([str(worker["generation"]), str(worker["number"]), kind], worker[kind])
         yield memory

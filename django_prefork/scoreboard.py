@@ -198,12 +198,6 @@ class Scoreboard:
         self.mm[slot_at:slot_at + SLOT_SIZE] = bytes(SLOT_SIZE)
         _RECORD.pack_into(self.mm, at, seq + 2, generation, in_use, *restarts)
 
-    def count_restart(self, block, reason):
-        at = self._block_at(block)
-        seq, generation, in_use, *restarts = _RECORD.unpack_from(self.mm, at)
-        restarts[RESTART_REASONS.index(reason)] += 1
-        _RECORD.pack_into(self.mm, at, seq, generation, in_use, *restarts)
-
     def set_capacity(self, block, target, floor, ceiling, scaled=0):
         """The arbiter's worker target and bounds; `scaled` +1/-1 counts a scaling event."""
         at = self._block_at(block) + _CAPACITY_AT

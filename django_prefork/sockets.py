@@ -132,7 +132,7 @@ def bind_tcp(host, port, ipv6, backlog, client_timeout):
 
 
 def bind_unix(path, backlog, mode=0o666):
-    _remove_stale_unix_socket(path)
+    remove_stale_unix_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
@@ -146,7 +146,7 @@ def bind_unix(path, backlog, mode=0o666):
     return Listener(sock, unix_path=path)
 
 
-def _remove_stale_unix_socket(path):
+def remove_stale_unix_socket(path):
     """Unlink a socket file left by a dead server; refuse one a live server answers on."""
     try:
         mode = os.stat(path).st_mode

@@ -14,15 +14,18 @@ listening socket:
   and probes.
 
 The master runs no thread, so the channel is served from its select loop:
-every socket is non-blocking, one client is served at a time (the others
-wait in the backlog), a client gets `CLIENT_DEADLINE` seconds to send its
-request head, the answer is written as the socket takes it, and nothing a
+every socket is non-blocking, a client gets `CLIENT_DEADLINE` seconds to
+send its request head, the answer is written as the socket takes it, and nothing a
 client does (connect and say nothing, send garbage, never read) can make
-the master wait. A malformed request gets 400 and the channel goes on.
+the master wait. A malformed request gets 400 and the channel goes on. Up
+to `MAX_CLIENTS` clients are served side by side, so one that connects and
+says nothing delays nobody (a liveness probe least of all); past that many,
+connections wait in the backlog until one is done or runs out of time.
 """
 
 import errno
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -32,8 +35,12 @@ import httptools
 
 from . import __version__
 from .http import HTTPError, Limits, Request, _feed
+from .sockets import remove_stale_unix_socket
 
-CLIENT_DEADLINE = 2.0  # seconds a status client has to send its request head
+log = logging.getLogger("django_prefork")
+
+CLIENT_DEADLINE = 2.0  # seconds a status client has to send its request head and read the answer
+MAX_CLIENTS = 16
 HEAD_LIMIT = 8192
 
 
@@ -58,6 +65,23 @@ def control_paths(pid, directory=None):
     return os.path.join(directory, f"{pid}.sock"), os.path.join(directory, f"{pid}.json")
 
 
+def _remove_dead_entries(directory):
+    """Control files of masters that died without cleaning up (kill -9): their pid is gone."""
+    for name in os.listdir(directory):
+        pid, _, ext = name.partition(".")
+        if ext not in ("json", "sock") or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+        except PermissionError:
+            pass
+
+
 class Client:
     """One status request in progress."""
 
@@ -76,7 +100,7 @@ class StatusChannel:
     def __init__(self, render):
         self.render = render  # (method, path) -> (status, content type, body bytes)
         self.listeners = []
-        self.client = None
+        self.clients = []
         self.control_files = ()
 
     # -- opening -----------------------------------------------------------------
@@ -88,6 +112,7 @@ class StatusChannel:
         if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(directory):
             # Someone else's, or open to others: a socket there could be replaced by theirs.
             raise PermissionError(f"{directory} is not a private directory of this user")
+        _remove_dead_entries(directory)
         sock_path, info_path = control_paths(os.getpid(), directory)
         for stale in (sock_path, info_path):  # a pid reused after a crash
             try:
@@ -106,16 +131,14 @@ class StatusChannel:
         os.replace(info_path + ".tmp", info_path)
         self.control_files = (sock_path, info_path)
 
-    def open_metrics(self, address):
-        """PREFORK_METRICS: "host:port" or "unix:/path"."""
+    def open_metrics(self, address, unix_mode=0o666):
+        """PREFORK_METRICS: "host:port" or "unix:/path" (a live server's is refused, as for the app's)."""
         if address.startswith("unix:"):
             path = address[len("unix:"):]
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            remove_stale_unix_socket(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(path)
+            os.chmod(path, unix_mode)
             self.control_files += (path,)
         else:
             host, _, port = address.rpartition(":")
@@ -134,7 +157,8 @@ class StatusChannel:
         self.listeners.append(sock)
 
     def close(self):
-        self._drop_client()
+        for client in list(self.clients):
+            self._drop(client)
         for sock in self.listeners:
             sock.close()
         self.listeners = []
@@ -147,45 +171,44 @@ class StatusChannel:
     # -- the select loop's side ------------------------------------------------------
 
     def read_fds(self):
-        if self.client is None:
-            return self.listeners
-        return [] if self.client.out is not None else [self.client.conn]
+        waiting = [c.conn for c in self.clients if c.out is None]
+        return waiting + (self.listeners if len(self.clients) < MAX_CLIENTS else [])
 
     def write_fds(self):
-        return [self.client.conn] if self.client is not None and self.client.out is not None else []
+        return [c.conn for c in self.clients if c.out is not None]
 
     def timeout(self):
-        """Seconds until the client in hand runs out of time; None without one."""
-        return None if self.client is None else max(0.0, self.client.deadline - time.monotonic())
+        """Seconds until the first client in hand runs out of time; None without one."""
+        if not self.clients:
+            return None
+        return max(0.0, min(c.deadline for c in self.clients) - time.monotonic())
 
     def serve(self):
         """Do whatever can be done now without waiting; called on every turn of the master's loop."""
-        if self.client is None:
-            self._accept()
-        client = self.client
-        if client is None:
-            return
-        if time.monotonic() > client.deadline:
-            self._drop_client()
-            return
-        if client.out is None:
-            self._read(client)
-        if client.out is not None:
-            self._write(client)
+        self._accept()
+        now = time.monotonic()
+        for client in list(self.clients):
+            if now > client.deadline:
+                self._drop(client)
+                continue
+            if client.out is None:
+                self._read(client)
+            if client.out is not None and client in self.clients:
+                self._write(client)
 
     def _accept(self):
         for sock in self.listeners:
-            try:
-                conn, _ = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED):
-                    continue
-                raise
-            conn.setblocking(False)
-            self.client = Client(conn)
-            return
+            while len(self.clients) < MAX_CLIENTS:
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED):
+                        break
+                    raise
+                conn.setblocking(False)
+                self.clients.append(Client(conn))
 
     def _read(self, client):
         try:
@@ -193,10 +216,10 @@ class StatusChannel:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self._drop_client()
+            self._drop(client)
             return
         if not data:
-            self._drop_client()
+            self._drop(client)
             return
         client.received += len(data)
         try:
@@ -211,9 +234,7 @@ class StatusChannel:
         except HTTPError as exc:
             status, content_type, body = exc.status, "text/plain; charset=utf-8", f"{exc.reason}\n".encode()
         except Exception as exc:  # a bug in rendering must not take the master down
-            import logging
-
-            logging.getLogger("django_prefork").exception("status channel: answering %r failed", exc)
+            log.exception("status channel: answering %r failed", exc)
             status, content_type, body = 500, "text/plain; charset=utf-8", b"Internal Server Error\n"
         head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nServer: django-prefork/{__version__}\r\n"
@@ -226,18 +247,15 @@ class StatusChannel:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self._drop_client()
+            self._drop(client)
             return
         client.out = client.out[sent:]
         if not client.out:
-            self._drop_client()
+            self._drop(client)
 
-    def _drop_client(self):
-        if self.client is not None:
-            try:
-                self.client.conn.close()
-            finally:
-                self.client = None
+    def _drop(self, client):
+        self.clients.remove(client)
+        client.conn.close()
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",

@@ -16,7 +16,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .helpers import REPO, alive, wait_until
+from .helpers import REPO, alive, receive_all, wait_until
 
 RAW_APPS = "tests.fixtureapp.rawapps.application"
 
@@ -232,3 +232,40 @@ def test_preforkstatus_finds_the_server_of_this_project(serve, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"runprefork master pid {server.pid}" in result.stdout
     assert "WORKER" in result.stdout and "idle" in result.stdout
+
+
+def test_a_silent_client_does_not_delay_the_probe(serve):
+    server = start(serve)
+    port = int(server.metrics_url.rsplit(":", 1)[1])
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    try:
+        assert _timed(fetch, server, "/healthz") < 0.5
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_a_metrics_address_in_use_is_a_clear_start_up_error(serve):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        server = serve(settings={"PREFORK_METRICS": address}, wait=False)
+        server.wait_exit(1)
+        assert f"PREFORK_METRICS {address}: Address already in use" in server.output
+        assert "Traceback" not in server.output
+    finally:
+        taken.close()
+
+
+def test_a_live_unix_metrics_socket_is_not_taken_over(serve, tmp_path):
+    path = tmp_path / "metrics.sock"
+    first = serve(settings={"PREFORK_METRICS": f"unix:{path}"})
+    second = serve(settings={"PREFORK_METRICS": f"unix:{path}"}, wait=False)
+    second.wait_exit(1)
+    assert f"PREFORK_METRICS unix:{path}" in second.output
+    with socket.socket(socket.AF_UNIX) as sock:  # still the first one's
+        sock.connect(str(path))
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert json.loads(receive_all(sock).split(b"\r\n\r\n", 1)[1])["master"]["pid"] == first.pid

@@ -22,9 +22,9 @@ from django.core.management.base import CommandError
 from django.core.management.commands.runserver import Command as RunserverCommand
 
 from django_prefork import conf, pidfile, sockets
-from django_prefork.status import project_id
 from django_prefork.arbiter import GenerationSpec, run_generation
 from django_prefork.master import Master
+from django_prefork.status import project_id
 from django_prefork.supervisor import HaltServer
 
 # Command-line options and the settings they override.
@@ -185,6 +185,8 @@ class Command(StaticfilesRunserver):
         master.project = project_id()  # how preforkstatus finds this server
         try:
             status = master.run()
+        except HaltServer as exc:
+            raise CommandError(str(exc)) from None
         finally:
             if self.pidfile:
                 pidfile.remove(self.pidfile)
