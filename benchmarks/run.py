@@ -2,6 +2,8 @@
 
     python benchmarks/run.py                 # all scenarios, 2 workers, 3 rounds
     python benchmarks/run.py --quick         # hello only, short rounds
+    python benchmarks/run.py --scenarios burst --servers runprefork --no-memory
+                                             # the burst scenario alone
 
 Each round runs every scenario against every server in turn (the order
 alternating between rounds) after a warm-up; the report gives medians and
@@ -12,6 +14,22 @@ close every connection; without wrk, a small Python client does the job
 of PSS over the server's processes) at 2 and 8 workers, and start to first
 200 response. Writes benchmarks/results/<date>.md (and latest.md), plus a
 PNG chart when matplotlib is installed.
+
+The "burst" scenario (issue #13; runprefork only; part of a full run) puts
+one load on three configurations, each a fresh server: a fixed 1 worker, a
+fixed 4 workers, and scaling from 1 to 4 (`PREFORK_WORKERS=1`,
+`PREFORK_MAX_WORKERS=4`, which testproject's settings read from the
+environment). The load: 6 clients, each requesting `/slow?seconds=0.2` in a
+loop for 8 s (`--burst-seconds`), closed loop, one connection a request.
+The client is a Python one with a thread a client (`burst_load`), wrk or
+not: it counts each client's requests and failures on its own, and at 5 to
+30 requests a second its timing is precise enough. Reported per
+configuration: throughput (completed requests over the time until the last
+one finished), p50, p99, failures (errors and non-2xx), and for scaling the
+most workers seen, when the count first reached 4, and how long after the
+load stopped it was back at 1 (the workers are counted by their process
+titles every 0.1 s). A run of the burst alone writes results/burst.md and
+burst.json and leaves latest.md alone.
 """
 
 import argparse
@@ -42,6 +60,14 @@ SCENARIOS = {  # name: (path, method)
     "POST 100 KB": ("/upload", "POST"),
 }
 POST_BODY = b"x" * 100_000
+BURST = "burst"  # a scenario of its own kind: runprefork only, see the docstring
+BURST_PATH = "/slow?seconds=0.2"
+BURST_CLIENTS = 6
+BURST_CONFIGS = {  # name: (--workers, PREFORK_MAX_WORKERS or None)
+    "fixed 1 worker": (1, None),
+    "fixed 4 workers": (4, None),
+    "scaling 1→4": (1, 4),
+}
 
 
 def free_port():
@@ -77,11 +103,11 @@ def server_commands(workers, port):
 class Running:
     """One server process, started and timed to its first 200."""
 
-    def __init__(self, name, cmd, port, env):
+    def __init__(self, name, cmd, port, env, log=None):
         self.name, self.port = name, port
         started = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=log or subprocess.DEVNULL, start_new_session=True)
         deadline = started + 60
         while True:
             if self.proc.poll() is not None:
@@ -97,8 +123,8 @@ class Running:
             time.sleep(0.01)
         self.first_200 = time.monotonic() - started
 
-    def pss_mib(self):
-        """Sum of PSS over the process and all its descendants."""
+    def pids(self):
+        """The process and all its descendants."""
         pids, frontier = [self.proc.pid], [self.proc.pid]
         while frontier:
             parent = frontier.pop()
@@ -109,8 +135,23 @@ class Running:
                 kids = []
             pids += kids
             frontier += kids
+        return pids
+
+    def worker_count(self):
+        """runprefork's workers alive now, by their process titles (setproctitle)."""
+        count = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    count += f.read().startswith(b"runprefork worker")
+            except OSError:
+                pass
+        return count
+
+    def pss_mib(self):
+        """Sum of PSS over the process and all its descendants."""
         total = 0
-        for pid in pids:
+        for pid in self.pids():
             try:
                 with open(f"/proc/{pid}/smaps_rollup") as f:
                     total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
@@ -185,6 +226,109 @@ def python_load(url, method, seconds, connections):
     return {"rps": len(latencies) / seconds, "non2xx": failures[0], "errors": 0, "p50": pick(0.5), "p99": pick(0.99)}
 
 
+def burst_load(port, clients, seconds):
+    """`clients` threads, each requesting BURST_PATH in a loop for `seconds`, one connection a request."""
+    request = f"GET {BURST_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    latencies, failures = [], []
+    started = time.monotonic()
+    deadline = started + seconds
+
+    def client():
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                    s.sendall(request)
+                    data = b""
+                    while chunk := s.recv(65536):
+                        data += chunk
+            except OSError as exc:
+                failures.append(repr(exc))
+                continue
+            if data.startswith(b"HTTP/1.1 200"):
+                latencies.append((time.monotonic() - t0) * 1000)
+            else:
+                failures.append(data[:12])
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started  # to the last answer: requests in flight at the deadline count
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None  # noqa: E731
+    return {"requests": len(latencies), "rps": len(latencies) / elapsed, "failures": len(failures),
+            "p50": pick(0.5), "p99": pick(0.99), "elapsed": elapsed}
+
+
+def measure_burst(args, env, tmp):
+    """The burst scenario: {config: [round results]} (see the docstring)."""
+    results = {}
+    for round_no in range(args.rounds):
+        order = list(BURST_CONFIGS) if round_no % 2 == 0 else list(BURST_CONFIGS)[::-1]
+        for config in order:
+            workers, ceiling = BURST_CONFIGS[config]
+            config_env = dict(env, PREFORK_WORKERS=str(workers))
+            config_env.pop("PREFORK_MAX_WORKERS", None)
+            if ceiling:
+                config_env["PREFORK_MAX_WORKERS"] = str(ceiling)
+            port = free_port()
+            cmd = server_commands(workers, port)["runprefork"]
+            with open(os.path.join(tmp, "burst.log"), "w+") as log:
+                server = Running("runprefork", cmd, port, config_env, log=log)
+                try:
+                    r = _burst_round(server, workers, args.burst_seconds)
+                finally:
+                    server.stop()
+                log.seek(0)
+                text = log.read()
+            r["scaled_up"] = len(re.findall(r"scaling up to \d+ workers", text))
+            r["scaled_down"] = len(re.findall(r"scaling down to \d+ workers", text))
+            results.setdefault(config, []).append(r)
+            extra = ""
+            if ceiling:
+                extra = (f" peak {r['peak']} workers, at 4 after {_s(r['at_ceiling'])}, back to 1 "
+                         f"{_s(r['back_to_floor'])} after the load, {r['scaled_up']} up / {r['scaled_down']} down")
+            print(f"round {round_no + 1} burst {config:16} {r['rps']:6.1f} req/s p50 {r['p50'] or 0:.0f} ms "
+                  f"p99 {r['p99'] or 0:.0f} ms failures {r['failures']}{extra}", flush=True)
+    return results
+
+
+def _burst_round(server, floor, seconds):
+    """One burst on a fresh server, the worker count sampled until it is back at the floor."""
+    samples, stop = [], threading.Event()
+    started = time.monotonic()
+
+    def sample():
+        while not stop.is_set():
+            samples.append((time.monotonic() - started, server.worker_count()))
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        r = burst_load(server.port, BURST_CLIENTS, seconds)
+        load_end = time.monotonic() - started
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (samples and samples[-1][0] > load_end
+                                                   and samples[-1][1] <= floor):
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        sampler.join()
+    peak = max((n for _, n in samples), default=0)
+    r["peak"] = peak
+    r["at_ceiling"] = next((t for t, n in samples if n >= 4), None)
+    back = [t for t, n in samples if t > load_end and n <= floor]
+    r["back_to_floor"] = back[0] - load_end if back else None
+    return r
+
+
+def _s(value):
+    return "–" if value is None else f"{value:.1f} s"
+
+
 def prepare_env(tmp):
     db = os.path.join(tmp, "db.sqlite3")
     env = dict(os.environ, DJANGO_DEBUG="0", TESTPROJECT_DB=db, DJANGO_SETTINGS_MODULE="testproject.settings",
@@ -194,6 +338,8 @@ def prepare_env(tmp):
 
 
 def measure_throughput(args, env, load):
+    if not args.scenarios:
+        return {}, {}
     servers = server_commands(args.workers, 0)
     running = {}
     try:
@@ -246,10 +392,15 @@ def measure_memory(args, env, load):
     return memory
 
 
-def report(args, results, first_200, memory, loader):
+def report(args, results, first_200, memory, loader, burst=None):
     lines = [f"# Benchmark {datetime.datetime.now():%Y-%m-%d %H:%M}", ""]
-    lines += [f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
-              f"Python {platform.python_version()}; Django {_version('django')}; gunicorn {_version('gunicorn')}; "
+    machine = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
+               f"Python {platform.python_version()}; Django {_version('django')}; ")
+    if not results:
+        lines += [machine + "DEBUG off.", ""] + burst_report(args, burst or {})
+        lines += ["", f"Reproduce: `python benchmarks/run.py {' '.join(sys.argv[1:])}`".rstrip() + ""]
+        return "\n".join(lines) + "\n"
+    lines += [machine + f"gunicorn {_version('gunicorn')}; "
               f"load: {loader}, {args.connections} connections, `Connection: close`, "
               f"{args.rounds} rounds × {args.duration} s, {args.workers} workers, DEBUG off.", ""]
     names = [n for n in args.servers if any((s, n) in results for s in args.scenarios)]
@@ -283,8 +434,33 @@ def report(args, results, first_200, memory, loader):
         for label in dict.fromkeys(label for label, _ in memory):
             cells = [f"{memory[(label, w)][0]:.1f}" if (label, w) in memory else "–" for w in (2, 8)]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if burst:
+        lines += [""] + burst_report(args, burst)
     lines += ["", f"Reproduce: `python benchmarks/run.py {' '.join(sys.argv[1:])}`".rstrip() + ""]
     return "\n".join(lines) + "\n"
+
+
+def burst_report(args, burst):
+    lines = [f"## Burst: {BURST_CLIENTS} clients × `{BURST_PATH}` in a loop for {args.burst_seconds:g} s "
+             f"(runprefork, median of {args.rounds} rounds)", "",
+             "| configuration | requests/s | p50 (ms) | p99 (ms) | failed | most workers | at 4 workers after "
+             "| back to 1 after the load |", "|---|---|---|---|---|---|---|---|"]
+    for config, rounds in burst.items():
+        def med(key):
+            return statistics.median(r[key] or 0 for r in rounds)
+
+        def timed(key):  # a time only the scaling server has; "–" if a round never got there
+            if BURST_CONFIGS[config][1] is None or any(r[key] is None for r in rounds):
+                return "–"
+            return _s(statistics.median(r[key] for r in rounds))
+
+        lines.append(f"| {config} | {med('rps'):.1f} | {med('p50'):.0f} | {med('p99'):.0f} | "
+                     f"{sum(r['failures'] for r in rounds)} | {max(r['peak'] for r in rounds)} | "
+                     f"{timed('at_ceiling')} | {timed('back_to_floor')} |")
+    lines += ["", "Closed loop, one connection a request, Python client; requests/s counts the requests "
+              "answered 200 over the time until the last one finished. Workers counted by process title "
+              "every 0.1 s from the start of the load."]
+    return lines
 
 
 def chart(path, args, results):
@@ -326,16 +502,20 @@ def main():
     parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join([*SCENARIOS, BURST]),
+                        help=f"comma-separated, from: {', '.join([*SCENARIOS, BURST])}")
+    parser.add_argument("--burst-seconds", type=float, default=8, help="length of the burst scenario's load")
     parser.add_argument("--servers", default="runprefork,gunicorn,runserver,granian,uwsgi")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--quick", action="store_true", help="hello only, 2 rounds of 4 s, no memory")
     args = parser.parse_args()
     if args.quick:
         args.scenarios, args.rounds, args.duration, args.no_memory = "hello", 2, 4, True
-    args.scenarios = [s for s in args.scenarios.split(",") if s in SCENARIOS]
+    wanted = args.scenarios.split(",")
+    args.scenarios = [s for s in wanted if s in SCENARIOS]
     args.servers = args.servers.split(",")
-    if not has_module("gunicorn"):
+    args.burst = BURST in wanted and "runprefork" in args.servers
+    if "gunicorn" in args.servers and args.scenarios and not has_module("gunicorn"):
         sys.exit("gunicorn is missing: pip install -e '.[bench]'")
     load, loader = (wrk, "wrk") if shutil.which("wrk") else (python_load, "python fallback (no wrk: apt-get install wrk)")
     print(f"load generator: {loader}")
@@ -343,17 +523,20 @@ def main():
         env = prepare_env(tmp)
         results, first_200 = measure_throughput(args, env, load)
         memory = {} if args.no_memory else measure_memory(args, env, load)
+        burst = measure_burst(args, env, tmp) if args.burst else {}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    text = report(args, results, first_200, memory, loader)
-    # A quick run is a check, not a result: it leaves the last full report alone.
+    text = report(args, results, first_200, memory, loader, burst)
+    # A quick run is a check, not a result, and a run of the burst alone is
+    # not a full one: both leave the last full report alone.
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
-    latest = "quick" if args.quick else "latest"
-    for name in ((latest + ".md",) if args.quick else (f"{stamp}.md", "latest.md")):
+    latest = "quick" if args.quick else "latest" if results else "burst"
+    for name in ((f"{stamp}.md", "latest.md") if latest == "latest" else (latest + ".md",)):
         with open(os.path.join(HERE, "results", name), "w") as f:
             f.write(text)
-    png = chart(os.path.join(HERE, "results", latest + ".png"), args, results)
+    png = chart(os.path.join(HERE, "results", latest + ".png"), args, results) if results else None
     with open(os.path.join(HERE, "results", latest + ".json"), "w") as f:
-        json.dump({f"{s}|{n}": r for (s, n), r in results.items()}, f, indent=1)
+        json.dump({**{f"{s}|{n}": r for (s, n), r in results.items()},
+                   **{f"{BURST}|runprefork {c}": r for c, r in burst.items()}}, f, indent=1)
     print(text)
     if png:
         print(f"chart: {png}")

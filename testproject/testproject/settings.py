@@ -45,3 +45,5 @@ USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 PREFORK_WORKERS = int(os.environ.get("PREFORK_WORKERS", 2))
+if os.environ.get("PREFORK_MAX_WORKERS"):  # benchmarks/run.py's burst scenario scales 1→4
+    PREFORK_MAX_WORKERS = int(os.environ["PREFORK_MAX_WORKERS"])
