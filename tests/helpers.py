@@ -140,7 +140,10 @@ class Server:
             self.proc.wait(10)
         for pid in self.seen_workers:
             if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # it exited between the look and the kill
         if self.proc.stdout:
             self._reader.join(2)
             self.proc.stdout.close()
