@@ -236,7 +236,8 @@ class Arbiter(Supervisor):
         self.worker_count += delta
         self.scaler.changed(now, delta)
         self.publish_capacity(delta)
-        log.info("%s: scaling %s to %d workers: %s", self, "up" if delta > 0 else "down", self.worker_count, why)
+        log.info("%s: scaling %s to %d worker%s: %s", self, "up" if delta > 0 else "down", self.worker_count,
+                 "" if self.worker_count == 1 else "s", why)
 
     def room_for_one_more(self):
         """Would the machine's available memory hold another worker (the largest we have)?"""

@@ -45,15 +45,38 @@ MIN_CHANGE_INTERVAL = 1.0  # seconds between two changes of the count
 
 
 def mem_available():
-    """The kernel's estimate of memory available for a new process, in bytes; None where unknown."""
+    """Memory a new worker could have, in bytes: the machine's MemAvailable, or what is
+    left under this container's cgroup limit when that is less; None where unknown.
+
+    In a container /proc/meminfo describes the node, not the pod: scaling up on
+    it alone would lead straight to the OOM killer.
+    """
+    figures = []
     try:
         with open("/proc/meminfo", "rb") as f:
             for line in f:
                 if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    figures.append(int(line.split()[1]) * 1024)
     except OSError:
         pass
-    return None
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # v2
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",  # v1
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:  # "max", or v1's huge "no limit"
+            figures.append(max(0, int(limit) - usage))
+        break
+    return min(figures) if figures else None
+
+
+def _plural(n, word):
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 class Scaler:
@@ -88,8 +111,8 @@ class Scaler:
         if saturated and count < self.ceiling:
             if not room_for_one:
                 return 0, "memory"
-            waiting = "" if queued_2 is None else f", {queued_2} connection(s) waiting"
-            return +1, f"all {count} workers busy{waiting}"
+            waiting = "" if queued_2 is None else f", {_plural(queued_2, 'connection')} waiting"
+            return +1, f"{'the' if count == 1 else 'all'} {_plural(count, 'worker')} busy{waiting}"
         window_full = now - self.looks[0][0] >= DOWN_WINDOW - LOOK_EVERY
         peak = max(b for _, b, _, _ in self.looks)
         if window_full and count > max(self.floor, peak + 1):

@@ -128,6 +128,11 @@ class _Collector:
         yield GaugeMetricFamily("prefork_workers_busy", "Workers serving a request now.", value=doc["busy"])
         yield GaugeMetricFamily("prefork_worker_target", "Workers the serving generation keeps now (scaling moves it).",
                                 value=doc["worker_target"])
+        if doc["worker_bounds"]:
+            yield GaugeMetricFamily("prefork_workers_min", "The floor of scaling: PREFORK_WORKERS, moved by TTIN/TTOU.",
+                                    value=doc["worker_bounds"][0])
+            yield GaugeMetricFamily("prefork_workers_max", "The ceiling of scaling: PREFORK_MAX_WORKERS.",
+                                    value=doc["worker_bounds"][1])
         scaling = CounterMetricFamily("prefork_scaling_events", "Workers added or retired by scaling (PREFORK_MAX_WORKERS).",
                                       labels=["direction"])
         for direction, count in doc["scaling"].items():

@@ -15,7 +15,7 @@ from django_prefork.capacity import DOWN_WINDOW, LOOK_EVERY, Scaler
 from .helpers import wait_until
 
 RAW_APPS = "tests.fixtureapp.rawapps.application"
-SCALING = re.compile(r"scaling (up|down) to (\d+) workers")
+SCALING = re.compile(r"scaling (up|down) to (\d+) workers?")
 
 
 # -- the policy, on made-up looks ------------------------------------------------------

@@ -118,7 +118,11 @@ def render(doc):
                          f"(backlog {listener['backlog']})")
         else:
             lines.append(f"  {listener['address']}: listen queue not known on this platform")
-    lines.append(f"  workers: {doc['busy']} busy of {doc['workers']} (target {doc['worker_target']})")
+    workers = f"  workers: {doc['busy']} busy of {doc['workers']} (target {doc['worker_target']}"
+    if doc.get("worker_bounds") and doc["worker_bounds"][0] != doc["worker_bounds"][1]:
+        low, high = doc["worker_bounds"]
+        workers += f", scaling {low}-{high}: {doc['scaling']['up']} up, {doc['scaling']['down']} down"
+    lines.append(workers + ")")
     totals = doc["totals"]
     responses = ", ".join(f"{k} {v}" for k, v in totals["responses"].items() if v)
     lines.append(f"  requests: {totals['requests']} ({responses or 'none yet'})")
