@@ -62,6 +62,8 @@ _SCRATCH = memoryview(bytearray(RECV_SIZE))
 class HTTPError(Exception):
     """A request the server answers itself, with `status` and a short reason."""
 
+    head_only = False  # the request was a HEAD: no body in the answer
+
     def __init__(self, status, reason):
         super().__init__(reason)
         self.status = status
@@ -77,9 +79,9 @@ class _MessageEnd(Exception):
 
 
 class Limits:
-    __slots__ = ("request_line", "fields", "field_size", "head", "client_timeout", "min_rate")
+    __slots__ = ("request_line", "fields", "field_size", "head", "client_timeout", "min_rate", "body_time")
 
-    def __init__(self, request_line, fields, field_size, client_timeout=10, min_rate=0):
+    def __init__(self, request_line, fields, field_size, client_timeout=10, min_rate=0, timeout=0):
         self.request_line = request_line
         self.fields = fields
         self.field_size = field_size
@@ -87,6 +89,9 @@ class Limits:
         self.head = request_line + 16 + fields * (field_size + 2) + 2
         self.client_timeout = client_timeout
         self.min_rate = min_rate  # body bytes/s owed once client_timeout is spent; 0 = no minimum
+        # Seconds from a request's start its body must have arrived in: before the
+        # watchdog (PREFORK_TIMEOUT, which gives 2 s of notice) would kill the worker.
+        self.body_time = max(timeout - 2, timeout / 2) if timeout else 0
 
 
 class Request:
@@ -108,7 +113,7 @@ class Request:
         self.headers_complete = False
         self.complete = False
         self.trailers = 0
-        self.progress = False  # a body byte or a whole trailer arrived in this feed
+        self.started = 0.0  # monotonic: when its first bytes were read        self.progress = False  # a body byte or a whole trailer arrived in this feed
         self.body = bytearray()  # decoded body bytes the app has not read yet
         self.sink = self.body.extend
         self.error = None  # an HTTPError met after the head, while reading the body
@@ -135,10 +140,12 @@ class Request:
                 raise HTTPError(400, "More than one Content-Type header")
             self.content_type_seen = True
         elif name == b"content-length":
-            self.content_length = int(value)  # llhttp has checked it is one number
+            # llhttp has checked it is digits, and fits in 64 bits once its leading
+            # zeros are gone; int() itself refuses over 4300 digits.
+            self.content_length = int(value.lstrip(b"0") or b"0")
         elif name == b"transfer-encoding":
             self._check_codings(value)
-        elif name == b"expect":
+        elif name == b"expect" and self.parser.get_http_version() != "1.0":  # RFC 9110 §10.1.1: ignored on 1.0
             if value.lower() != b"100-continue":
                 raise HTTPError(417, "Expectation Failed")
             self.expect_continue = True
@@ -239,10 +246,10 @@ def _feed(parser, request, data):
             return
         if isinstance(exc.__context__, HTTPError):
             raise exc.__context__ from None
-        raise
+        raise HTTPError(400, "Bad request") from exc  # a rule of ours that did not expect these bytes
     except httptools.HttpParserInvalidMethodError:
         # RFC 9110 §9.1: a well-formed method we do not know is 501, not 400.
-        method = b"" if request.headers_complete else bytes(data).split(b" ", 1)[0]
+        method = b"" if request.headers_complete else bytes(data).lstrip(b"\r\n").split(b" ", 1)[0]
         if method and TOKEN.match(method):
             raise HTTPError(501, "Method Not Implemented") from None
         raise HTTPError(400, "Invalid method") from None
@@ -259,11 +266,23 @@ def read_request(sock, limits):
     `sock` is blocking with kernel timeouts (SO_RCVTIMEO: see sockets.py).
     The whole head must arrive within the client timeout of its first bytes: a
     client trickling one header a second cannot hold a worker longer than that.
+    An HTTPError raised here says in `head_only` whether the request, as far
+    as it came, was a HEAD: the answer must then have no body.
     """
+    pieces = []
+    try:
+        return _read_head(sock, limits, pieces)
+    except HTTPError as exc:
+        first = pieces[0].lstrip(b"\r\n") if pieces else b""
+        exc.head_only = first.startswith(b"HEAD ")
+        raise
+
+
+def _read_head(sock, limits, pieces):
     request = Request(limits)
     parser = request.parser = httptools.HttpRequestParser(request)
+    request.started = time.monotonic()
     received = 0
-    pieces = []
     deadline = None
     while True:
         try:
@@ -297,7 +316,8 @@ def read_request(sock, limits):
     request.check_head()
     if request.upgrade:
         data = b"".join(pieces)
-        request.parser = _body_parser(request, data[data.index(_HEAD_END) + 4:])
+        start = len(data) - len(data.lstrip(b"\r\n"))  # llhttp skips empty lines before a request
+        request.parser = _body_parser(request, data[data.index(_HEAD_END, start) + 4:])
     return request
 
 
@@ -336,50 +356,64 @@ def decode_path(path):
 
 
 class _Clock:
-    """PREFORK_CLIENT_MIN_RATE: the time a body may keep the worker waiting.
+    """How long a body may keep the worker waiting on its client.
 
-    Apache mod_reqtimeout's MinRate: the client timeout, plus one second for
-    every `min_rate` bytes received. Only time spent waiting in recv counts,
-    so an app that is slow to read never makes its client look slow. When
-    less than a client timeout is left, the kernel's own recv timeout is
-    lowered to what is left, so the 408 comes on time even for a client
-    sending a byte now and then.
+    * Any silence longer than the client timeout: 408 (SO_RCVTIMEO).
+    * PREFORK_CLIENT_MIN_RATE, Apache mod_reqtimeout's MinRate over windows:
+      the first client timeout of waiting is free; after it, every window of
+      a client timeout's worth of waiting must bring `min_rate` bytes a
+      second. Bytes sent early never pay for silence later (a cumulative
+      budget let 8 MB sent at once buy half an hour of one byte every few
+      seconds). Only time spent waiting in recv counts, so an app that is
+      slow to read never makes its client look slow.
+    * The whole body must arrive before the watchdog would kill the worker
+      (`Limits.body_time` after the request began): a body too slow for
+      PREFORK_TIMEOUT is answered 408 and the worker lives. The kernel's recv
+      timeout is lowered (a syscall) only when less than a client timeout is
+      left before that deadline.
     """
 
-    __slots__ = ("sock", "limits", "waited", "received", "lowered")
+    __slots__ = ("sock", "limits", "deadline", "waited", "window_waited", "window_bytes", "lowered")
 
-    def __init__(self, sock, limits):
+    def __init__(self, sock, limits, started):
         self.sock = sock
         self.limits = limits
+        self.deadline = started + limits.body_time if limits.body_time else None
         self.waited = 0.0
-        self.received = 0
+        self.window_waited = 0.0
+        self.window_bytes = 0
         self.lowered = False
 
     def recv_into(self, view):
+        limits = self.limits
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise _slow("the body took longer than the request may run (PREFORK_TIMEOUT)")
+            if left < limits.client_timeout:
+                set_io_timeout(self.sock, left)
+                self.lowered = True
         started = time.monotonic()
         try:
             count = self.sock.recv_into(view)
         except BlockingIOError:  # SO_RCVTIMEO: the client stalled mid-body
-            raise _slow() from None
+            raise _slow("the client sent nothing for the client timeout") from None
         finally:
-            self.waited += time.monotonic() - started
-        self.received += count
-        limits = self.limits
-        if limits.min_rate:
-            left = limits.client_timeout + self.received / limits.min_rate - self.waited
-            if left <= 0:
-                raise _slow()
-            if left < limits.client_timeout:
-                set_io_timeout(self.sock, left)
-                self.lowered = True
-            elif self.lowered:
-                set_io_timeout(self.sock, limits.client_timeout)
-                self.lowered = False
+            waited = time.monotonic() - started
+            self.waited += waited
+        if limits.min_rate and self.waited > limits.client_timeout:
+            self.window_waited += min(waited, self.waited - limits.client_timeout)
+            self.window_bytes += count
+            if self.window_waited >= limits.client_timeout:
+                if self.window_bytes < limits.min_rate * self.window_waited:
+                    raise _slow(f"the body came at {self.window_bytes / self.window_waited:.0f} bytes/s, "
+                                f"below PREFORK_CLIENT_MIN_RATE {limits.min_rate}")
+                self.window_waited, self.window_bytes = 0.0, 0
         return count
 
 
-def _slow():
-    return TimeoutError("the client sent the body too slowly (PREFORK_CLIENT_TIMEOUT, PREFORK_CLIENT_MIN_RATE)")
+def _slow(why):
+    return TimeoutError(f"408: {why}")
 
 
 class Body:
@@ -411,11 +445,11 @@ class Body:
             self._continue_pending = False
             self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self._clock is None:
-            self._clock = _Clock(self._sock, request.limits)
+            self._clock = _Clock(self._sock, request.limits, request.started)
         try:
             count = self._clock.recv_into(view)
-        except TimeoutError:
-            request.error = HTTPError(408, "Request Timeout")
+        except TimeoutError as exc:
+            request.error = HTTPError(408, f"Request Timeout: {str(exc)[5:]}")
             raise
         if not count:
             request.error = HTTPError(400, "Client closed before the end of the body")
@@ -453,35 +487,24 @@ class Body:
         return True
 
     def _read_all(self):
-        """read(): one buffer the size of the body, filled in place.
+        """read(): the body in one buffer that grows as it arrives.
 
-        io.BytesIO hands its buffer over as the bytes object getvalue()
-        returns, so the body is never copied once whole (bytes(bytearray)
-        would briefly hold it twice).
+        Grown, not sized from Content-Length up front: a client declaring
+        400 MB and sending two bytes must not cost 400 MB. io.BytesIO hands
+        its buffer over as the bytes object getvalue() returns, so the body
+        is never copied once whole (bytes(bytearray) would briefly hold it
+        twice): about 1.1 times the body at the peak.
         """
         request = self._request
         out = io.BytesIO()
-        if self._left is not None and self._left > 0:
-            size = len(request.body) + self._left
-            out.seek(size - 1)
-            out.write(b"\0")
-            with out.getbuffer() as view:
-                view[: len(request.body)] = request.body
-                filled = len(request.body)
-                request.body.clear()
-                while filled < size:
-                    filled += self._recv_into(view[filled:])
-            self._left = 0
-            request.complete = True
-        else:
-            out.write(request.body)
-            request.body.clear()
-            request.sink = out.write
-            try:
-                while self._fill():
-                    pass
-            finally:
-                request.sink = request.body.extend
+        out.write(request.body)
+        request.body.clear()
+        request.sink = out.write
+        try:
+            while self._fill():
+                pass
+        finally:
+            request.sink = request.body.extend
         return out.getvalue()
 
     def read(self, size=-1):

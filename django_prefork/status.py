@@ -18,9 +18,10 @@ every socket is non-blocking, a client gets `CLIENT_DEADLINE` seconds to
 send its request head, the answer is written as the socket takes it, and nothing a
 client does (connect and say nothing, send garbage, never read) can make
 the master wait. A malformed request gets 400 and the channel goes on. Up
-to `MAX_CLIENTS` clients are served side by side, so one that connects and
-says nothing delays nobody (a liveness probe least of all); past that many,
-connections wait in the backlog until one is done or runs out of time.
+to `MAX_CLIENTS` clients are served side by side; past that many, a new
+connection takes the place of the oldest one that has not sent its request
+yet, so connections that say nothing delay nobody (a liveness probe least
+of all), however many there are.
 """
 
 import errno
@@ -87,7 +88,8 @@ class Client:
 
     def __init__(self, conn):
         self.conn = conn
-        self.deadline = time.monotonic() + CLIENT_DEADLINE
+        self.accepted = time.monotonic()
+        self.deadline = self.accepted + CLIENT_DEADLINE
         self.request = Request(Limits(1024, 32, 1024))
         self.request.parser = httptools.HttpRequestParser(self.request)
         self.received = 0
@@ -172,7 +174,7 @@ class StatusChannel:
 
     def read_fds(self):
         waiting = [c.conn for c in self.clients if c.out is None]
-        return waiting + (self.listeners if len(self.clients) < MAX_CLIENTS else [])
+        return waiting + (self.listeners if len(self.clients) < MAX_CLIENTS or waiting else [])
 
     def write_fds(self):
         return [c.conn for c in self.clients if c.out is not None]
@@ -197,8 +199,11 @@ class StatusChannel:
                 self._write(client)
 
     def _accept(self):
+        turn = time.monotonic()
         for sock in self.listeners:
-            while len(self.clients) < MAX_CLIENTS:
+            for _ in range(MAX_CLIENTS):  # a flood of connections cannot keep the loop here
+                if len(self.clients) >= MAX_CLIENTS and not self._evict_oldest_silent(turn):
+                    return
                 try:
                     conn, _ = sock.accept()
                 except (BlockingIOError, InterruptedError):
@@ -209,6 +214,20 @@ class StatusChannel:
                     raise
                 conn.setblocking(False)
                 self.clients.append(Client(conn))
+
+    def _evict_oldest_silent(self, turn):
+        """Make room for a new client by dropping the oldest that has not sent its request.
+
+        Connections that say nothing then only push each other out, and a
+        probe, which sends its request at once and is answered in the same
+        turn, gets through however many there are.
+        """
+        # Not one accepted this turn: it has not had its chance to be read.
+        silent = next((c for c in self.clients if c.out is None and c.accepted < turn), None)
+        if silent is None:
+            return False
+        self._drop(silent)
+        return True
 
     def _read(self, client):
         try:

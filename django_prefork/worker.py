@@ -196,6 +196,10 @@ class SyncWorker:
                 status = sent = 0
                 try:
                     status, sent = serve_connection(conn, client, context)
+                except Exception:
+                    # serve_connection answers everything a client or the app can do; this
+                    # is a bug of ours, and one connection must not cost the worker its life.
+                    log.exception("worker %d (pid %d): serving a connection failed", self.number, os.getpid())
                 finally:
                     conn.close()
                     end_request(status, sent)

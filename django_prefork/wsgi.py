@@ -30,6 +30,9 @@ HOP_BY_HOP = frozenset(
 )
 SERVER_SOFTWARE = f"django-prefork/{__version__}"
 _BAD_VALUE = re.compile(r"[\r\n\0]")
+# Controls other than CR and LF (counted apart), tab allowed: RFC 9110 §5.5 field values.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LENGTH = re.compile(r"[0-9]{1,18}\Z")
 _VALID_NAMES = set()  # header names already checked: apps send the same few
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 4 * 1024 * 1024
@@ -74,6 +77,7 @@ class WorkerContext:
             config.limit_request_field_size,
             config.client_timeout,
             config.client_min_rate,
+            config.timeout,
         )
         self.access_log = config.access_log
         self.unix = listener.sock.family == socket.AF_UNIX
@@ -133,6 +137,7 @@ def serve_connection(conn, client, context):
             request.error = request.error or HTTPError(500, "Internal Server Error")
     line = _request_line(environ)
     if request.error is not None and not response.head_sent:
+        request.error.head_only = response.head_only
         return answer_error(conn, request.error, context, line)
     if response.short_by:
         log.warning('"%s": response body %d bytes shorter than its Content-Length', line, response.short_by)
@@ -229,7 +234,9 @@ class Response:
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
         code = status[:3]
-        if not (type(status) is str and code.isdigit() and status[3:4] == " " and not _BAD_VALUE.search(status)):
+        # A final status: 1xx cannot end a response (and 101 would switch protocols, never done here).
+        if not (type(status) is str and code.isascii() and code.isdigit() and "200" <= code <= "599"
+                and status[3:4] == " " and not _BAD_VALUE.search(status) and not _CONTROL.search(status)):
             raise InvalidHeader(f"bad status {status!r}")
         self.status, self.status_code, self.headers = status, int(code), headers
         return self.write
@@ -250,6 +257,12 @@ class Response:
             if lower == "content-length":
                 if bodiless:
                     continue
+                if type(value) is not str or not _LENGTH.match(value):
+                    raise InvalidHeader(f"refusing to send Content-Length {value!r}")
+                if self.remaining is not None:
+                    if int(value) != self.remaining:
+                        raise InvalidHeader(f"refusing to send two Content-Lengths, {self.remaining} and {value}")
+                    continue  # the same length twice: say it once
                 self.remaining = int(value)
             elif lower == "date":
                 has_date = True
@@ -265,8 +278,8 @@ class Response:
         # there (one CRLF a line, two at the end), and no NUL at all. Three
         # counts over the whole head cost less than a regex per header value.
         crlf = len(lines) + 1
-        if head.count("\r") != crlf or head.count("\n") != crlf or "\0" in head:
-            bad = next((n, v) for n, v in self.headers if _BAD_VALUE.search(f"{n}{v}"))
+        if head.count("\r") != crlf or head.count("\n") != crlf or _CONTROL.search(head):
+            bad = next((n, v) for n, v in self.headers if _BAD_VALUE.search(f"{n}{v}") or _CONTROL.search(f"{n}{v}"))
             raise InvalidHeader(f"refusing to send header {bad[0]!r}: {bad[1]!r}")
         try:
             return head.encode("latin-1")
@@ -409,7 +422,7 @@ def http_date():
 def answer_error(conn, exc, context, request_line):
     """The server's own answer (4xx, 5xx), through the same Response as the app's."""
     body = f"{exc.status} {exc.reason}\n".encode("latin-1", "replace")
-    response = Response(conn, head_only=False, http11=True)
+    response = Response(conn, head_only=exc.head_only, http11=True)
     response.start_response(
         f"{exc.status} {_REASONS.get(exc.status, 'Error')}",
         [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
@@ -422,8 +435,9 @@ def answer_error(conn, exc, context, request_line):
         log.info("answered %d to %s: %s", exc.status, request_line or "a malformed request", exc.reason)
     if context.access_log:
         log_request(request_line or "-", exc.status, len(body))
-    linger(conn)
-    return exc.status, len(body)
+    if exc.status != 408:  # a client too slow for us gets no more of our time
+        linger(conn)
+    return exc.status, response.body_sent
 
 
 _REASONS = {

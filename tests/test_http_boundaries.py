@@ -333,3 +333,115 @@ def test_server_software_names_us(server):
 
     env = json.loads(split(send(server, head(b"GET /echo HTTP/1.1", b"Host: x")))[1])
     assert env["SERVER_SOFTWARE"] == f"django-prefork/{__version__}"
+
+
+# -- found by a hostile client (a review of the above) ----------------------------------------
+
+def test_a_content_length_with_thousands_of_leading_zeros_is_served(server):
+    before = worker_pid(server)
+    response = send(server, head(b"POST /echo HTTP/1.1", b"Host: x", b"Content-Length: " + b"0" * 4400 + b"5",
+                                 body=b"abcde"))
+    assert status_of(response) == 200 and json.loads(split(response)[1])["body"] == "abcde"
+    assert worker_pid(server) == before, "the worker crashed on int() of the length"
+
+
+def test_a_declared_length_costs_nothing_until_the_body_arrives(server):
+    before = rss_of(server)
+    sock = server.connect()
+    try:
+        sock.sendall(head(b"POST /read-whole HTTP/1.1", b"Host: x", b"Content-Length: 400000000", body=b"ab"))
+        sock.shutdown(socket.SHUT_WR)  # and the client goes: 400, after the worker waited in read()
+        assert status_of(receive_all(sock)) == 400
+    finally:
+        sock.close()
+    after = rss_of(server)
+    assert after["pid"] == before["pid"]
+    peak_growth = json.loads(split(send(server, head(b"POST /read-whole HTTP/1.1", b"Host: x",
+                                                     b"Content-Length: 3", body=b"abc")))[1])
+    assert (peak_growth["peak_rss_kib"] - before["rss_kib"]) < 20 * 1024, (before, peak_growth)
+
+
+@pytest.mark.parametrize("data", [
+    head(b"HEAD /echo HTTP/1.1", b"Host: x", b"Host: y"),
+    head(b"HEAD /raise-before HTTP/1.1", b"Host: x"),
+    b"HEAD /echo HTTP/1.1\r\nHost: x\r\nX: \x01\r\n\r\n",
+], ids=["two-hosts", "app-error", "bad-byte"])
+def test_the_servers_own_answer_to_head_has_no_body(server, data):
+    response = send(server, data)
+    assert status_of(response) in (400, 500)
+    head_, body = response.split(b"\r\n\r\n", 1)
+    assert b"Content-Length: " in head_ and body == b""
+
+
+def test_an_upgrade_request_after_empty_lines_gets_its_own_body(server):
+    response = send(server, b"\r\n\r\n" + head(b"POST /echo HTTP/1.1", b"Host: x", b"Upgrade: websocket",
+                                                b"Connection: Upgrade", b"Content-Length: 15",
+                                                body=b"BODY-0123456789"))
+    assert json.loads(split(response)[1])["body"] == "BODY-0123456789"
+
+
+def test_expect_is_ignored_on_http10(server):
+    sock = server.connect()
+    try:
+        sock.sendall(head(b"POST /echo HTTP/1.0", b"Expect: 100-continue", b"Content-Length: 3", body=b"abc"))
+        response = receive_all(sock)
+    finally:
+        sock.close()
+    assert b"100 Continue" not in response and json.loads(split(response)[1])["body"] == "abc"
+
+
+def test_an_unknown_method_after_empty_lines_is_501(server):
+    assert status_of(send(server, b"\r\n" + head(b"FOO /echo HTTP/1.1", b"Host: x"))) == 501
+
+
+@pytest.mark.parametrize("kind", ["cl-twice-differing", "cl-negative", "cl-plus", "cl-underscore", "status-100",
+                                  "status-101", "status-099", "control-in-value", "control-in-status"])
+def test_a_response_framing_a_client_could_not_trust_is_a_500(server, kind):
+    response = send(server, head(b"GET /bad-framing?" + kind.encode() + b" HTTP/1.1", b"Host: x"))
+    assert status_of(response) == 500
+    assert b"0123456789" not in response and b"\x1b" not in response and b"\x0b" not in response
+
+
+def test_the_same_length_twice_is_said_once(server):
+    head_, body = split(send(server, head(b"GET /same-length-twice HTTP/1.1", b"Host: x")))
+    assert head_.count(b"Content-Length: 10") == 1 and body == b"0123456789"
+
+
+def test_early_bytes_do_not_pay_for_later_silence(two_workers):
+    """8 MB at once, then a byte now and then: 408 once a window brings too little, no watchdog kill."""
+    server = two_workers
+    workers = server.wait_workers(2)
+    sock = server.connect(timeout=30)
+    started = time.monotonic()
+    try:
+        sock.sendall(head(b"POST /read-whole HTTP/1.1", b"Host: x", b"Content-Length: 100000000"))
+        sock.sendall(b"x" * (8 << 20))
+        response = b""
+        sock.settimeout(0.5)
+        while time.monotonic() - started < 15:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                sock.send(b"x")
+                continue
+            if not chunk:
+                break
+            response += chunk
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    finally:
+        sock.close()
+    assert status_of(response) == 408, response[:200]
+    assert time.monotonic() - started < 8  # CLIENT_TIMEOUT 2 s of grace, then a 2 s window
+    assert server.worker_pids() == workers and "timed out" not in server.output
+
+
+def test_a_body_too_slow_for_the_timeout_is_408_not_a_kill(serve):
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 5, "PREFORK_CLIENT_TIMEOUT": 2,
+                             "WSGI_APPLICATION": RAW_APPS})
+    (worker,) = server.wait_workers(1)
+    results = {}
+    trickle(server, 8000, 20, results, "steady")  # fast enough for the min rate, too long for the timeout
+    status, seconds = results["steady"]
+    assert status == 408 and seconds < 5, results
+    assert server.worker_pids() == [worker] and "timed out" not in server.output

@@ -240,13 +240,39 @@ def hog(environ, start_response):
     return [body]
 
 
+BAD_FRAMING = {
+    "cl-twice-differing": ("200 OK", [("Content-Length", "3"), ("Content-Length", "10")]),
+    "cl-negative": ("200 OK", [("Content-Length", "-5")]),
+    "cl-plus": ("200 OK", [("Content-Length", "+10")]),
+    "cl-underscore": ("200 OK", [("Content-Length", "1_0")]),
+    "status-100": ("100 Continue", []),
+    "status-101": ("101 Switching Protocols", [("Upgrade", "websocket")]),
+    "status-099": ("099 Odd", []),
+    "control-in-value": ("200 OK", [("X-Esc", "a\x1b[31mred")]),
+    "control-in-status": ("200 O\x0bK", []),
+}
+
+
+def bad_framing(environ, start_response):
+    """/bad-framing?kind: a response whose framing a client could not trust."""
+    status, headers = BAD_FRAMING[environ["QUERY_STRING"]]
+    start_response(status, headers)
+    return [b"0123456789"]
+
+
+def same_length_twice(environ, start_response):
+    start_response("200 OK", [("Content-Length", "10"), ("Content-Length", "10")])
+    return [b"0123456789"]
+
+
 ROUTES = {
     "/echo": echo, "/validate": validator(strict_echo), "/lines": lines, "/count": count,
     "/reject": reject_early, "/stream": stream, "/stream-big": stream_big, "/short": short, "/long": long,
     "/raise-before": raise_before, "/raise-after": raise_after, "/inject": inject, "/bad-header": bad_header, "/hop": hop,
     "/nocontent": no_content, "/write": write_callable, "/exc-info": exc_info_before,
     "/closing": closing, "/file": file, "/read-whole": read_whole, "/rss": rss, "/bodiless": bodiless,
-    "/not-latin1": not_latin1, "/slow-echo": slow_echo, "/sleep": sleep, "/hog": hog, "*": echo,
+    "/not-latin1": not_latin1, "/slow-echo": slow_echo, "/sleep": sleep, "/hog": hog,
+    "/bad-framing": bad_framing, "/same-length-twice": same_length_twice, "*": echo,
 }
 
 
