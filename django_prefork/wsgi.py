@@ -117,7 +117,9 @@ def serve_connection(conn, client, context):
         return 0, 0
     except HTTPError as exc:
         return answer_error(conn, exc, context, request_line=None)
-    response = Response(conn, environ["REQUEST_METHOD"] == "HEAD", request.version == "1.1")
+    deadline = request.started + context.limits.body_time if context.limits.body_time else None
+    response = Response(conn, environ["REQUEST_METHOD"] == "HEAD", request.version == "1.1", deadline,
+                        context.client_timeout)
     context.response = response  # the one store per request the timeout's 500 needs
     try:
         result = context.app(environ, response.start_response)
@@ -210,10 +212,13 @@ class Response:
     to HTTP/1.0, delimited by the close. HEAD, 1xx, 204 and 304 have no body.
     """
 
-    def __init__(self, conn, head_only, http11):
+    def __init__(self, conn, head_only, http11, deadline=None, io_timeout=0):
         self.conn = conn
         self.head_only = head_only
         self.http11 = http11
+        self.deadline = deadline  # monotonic: the response must be out before the watchdog fires
+        self.io_timeout = io_timeout  # the connection's SO_SNDTIMEO: the client timeout
+        self.sends = 0
         self.status = None
         self.status_code = 0
         self.headers = None
@@ -323,10 +328,29 @@ class Response:
                 self._send(data)
 
     def _send(self, data):
+        # send(), not sendall(): a blocking send returns short only when its
+        # SO_SNDTIMEO budget ran out, and between two calls the deadline is
+        # checked, so a client reading a byte a second cannot hold the worker
+        # until the watchdog kills it. The common case is one call.
         try:
-            self.conn.sendall(data)
+            if self.sends:
+                self._before_next_send()
+            self.sends += 1
+            sent = self.conn.send(data)
+            while sent < len(data):
+                self._before_next_send()
+                sent += self.conn.send(memoryview(data)[sent:])
         except OSError as exc:
             raise ClientDisconnected(str(exc)) from exc
+
+    def _before_next_send(self):
+        if self.deadline is None:
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ClientDisconnected("the client read the response too slowly for PREFORK_TIMEOUT")
+        if left < self.io_timeout:
+            set_io_timeout(self.conn, left)  # a syscall, only this close to the deadline
 
     def send(self, result):
         """Send the app's iterable; only a body sent to its end gets the last chunk."""
@@ -359,6 +383,7 @@ class Response:
             offset = 0
         out, src = self.conn.fileno(), filelike.fileno()
         while self.remaining is None or self.remaining > 0:
+            self._before_next_send()
             count = SENDFILE_CHUNK if self.remaining is None else min(self.remaining, SENDFILE_CHUNK)
             try:
                 sent = os.sendfile(out, src, offset, count)

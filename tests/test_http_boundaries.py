@@ -445,3 +445,36 @@ def test_a_body_too_slow_for_the_timeout_is_408_not_a_kill(serve):
     status, seconds = results["steady"]
     assert status == 408 and seconds < 5, results
     assert server.worker_pids() == [worker] and "timed out" not in server.output
+
+
+def test_a_slow_reader_is_cut_off_before_the_watchdog(serve):
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 5, "PREFORK_CLIENT_TIMEOUT": 2,
+                             "WSGI_APPLICATION": RAW_APPS})
+    (worker,) = server.wait_workers(1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    started = time.monotonic()
+    answered = {}
+
+    def other_client():
+        time.sleep(1)  # the slow reader holds the only worker by now
+        status, body = server.get("/rss", timeout=15)
+        answered["after"] = time.monotonic() - started
+        answered["status"] = status
+
+    thread = threading.Thread(target=other_client)
+    try:
+        sock.sendall(head(b"GET /stream-big HTTP/1.1", b"Host: x"))  # 16 MB, far more than the buffers hold
+        thread.start()
+        sock.settimeout(10)
+        while thread.is_alive() and time.monotonic() - started < 12:
+            sock.recv(2048)
+            time.sleep(0.05)  # about 40 KB/s
+    finally:
+        thread.join(15)
+        sock.close()
+    # The worker gave up on the slow reader at PREFORK_TIMEOUT - 2 s and served the other client;
+    # the kernel may still be delivering what it had buffered.
+    assert answered["status"] == 200 and answered["after"] < 4.5, answered
+    assert server.worker_pids() == [worker] and "timed out" not in server.output
