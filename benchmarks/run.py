@@ -1,7 +1,7 @@
 """runprefork side by side with its peers, in one run, on testproject/.
 
     python benchmarks/run.py                 # all scenarios, 2 workers, 3 rounds
-    python benchmarks/run.py --quick         # hello only, short rounds
+    python benchmarks/run.py --quick         # hello only, short rounds, no overload
     python benchmarks/run.py --scenarios burst --servers runprefork --no-memory
                                              # the burst scenario alone
 
@@ -30,6 +30,53 @@ most workers seen, when the count first reached 4, and how long after the
 load stopped it was back at 1 (the workers are counted by their process
 titles every 0.1 s). A run of the burst alone writes results/burst.md and
 burst.json and leaves latest.md alone.
+
+The limit (issue #14), measured in the same run, per scenario: what no
+server can pass on this machine with this client. Two parts:
+
+- the transport ceiling: a minimal server answering a fixed 200 ("Hello,
+  world!", and the same 1 MiB file by sendfile for the file scenario) with
+  the same client and connection pattern, taking its turn in the rotation
+  like a server: nginx `return 200` (`daemon off`, one worker a CPU, access
+  log off, a temp config on a free loopback port) when nginx is installed,
+  else the simplest Python accept loop (one process a CPU; the report says
+  which). Its transport CPU per request (wrk, kernel and server) is taken
+  as cores × wall time / requests, as if it kept every core busy; the report
+  gives how busy the CPUs were during its runs (/proc/stat) and, where they
+  were not, the limit with the busy CPU time instead (with wrk's one
+  thread, the client can be what holds the ceiling back);
+- the app's CPU per request: testproject's WSGI application
+  (`testproject.wsgi.application`, in a child with the servers' environment)
+  called in-process in a tight loop with the environ a server would build
+  for wrk's request, the body consumed and closed (a FileResponse through a
+  `wsgi.file_wrapper`, left to sendfile as the servers do), after a
+  warm-up, timed with time.process_time; once a round.
+
+    limit (req/s) = cores / (transport CPU + app CPU per request)
+                  = 1 / (1 / ceiling req/s + app CPU per request / cores)
+
+Each server's requests/s is reported as a fraction of the limit (median of
+the per-round fractions), alongside the ratios of runprefork to gunicorn,
+uWSGI and granian.
+
+The "overload" scenario (issue #14): hello with 64 connections
+(`--overload-connections`) on the same 2 workers, part of every run that has
+hello (not of --quick; `--no-overload` leaves it out): p50/p99/max latency,
+requests/s and % of the limit, and the errors by kind (wrk's socket errors:
+connect, read, write, timeout after 2 s; and non-2xx answers), in a table of
+its own.
+
+Servers that answer a `Connection: close` request without saying
+`Connection: close` (uWSGI's --http-socket, runserver) get one wrk read
+error for every request answered: wrk goes by the answer and sends its next
+request on the connection they close. The harness asks each server once at
+start and counts, for those, only the read errors beyond the requests
+answered as failures; wrk's raw counts stay in the JSON and the overload
+table.
+
+The machine is shared at times: before each measurement the harness waits
+(up to `--wait-quiet` seconds) for any wrk it did not start to end, and the
+report counts the measurements that still overlapped one.
 """
 
 import argparse
@@ -60,6 +107,7 @@ SCENARIOS = {  # name: (path, method)
     "POST 100 KB": ("/upload", "POST"),
 }
 POST_BODY = b"x" * 100_000
+OVERLOAD = "overload"  # hello at --overload-connections, reported in a table of its own
 BURST = "burst"  # a scenario of its own kind: runprefork only, see the docstring
 BURST_PATH = "/slow?seconds=0.2"
 BURST_CLIENTS = 6
@@ -68,6 +116,236 @@ BURST_CONFIGS = {  # name: (--workers, PREFORK_MAX_WORKERS or None)
     "fixed 4 workers": (4, None),
     "scaling 1→4": (1, 4),
 }
+
+
+CEILING = "ceiling"  # the transport ceiling's name among the servers (nginx or a Python accept loop)
+NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+NGINX_CONF = """
+daemon off;
+{user}
+worker_processes {cores};
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    sendfile on;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type text/plain;
+            return 200 "Hello, world!\\n";
+        }}
+        location = /file {{
+            default_type application/octet-stream;
+            alias {tmp}/1MiB.bin;
+        }}
+    }}
+}}
+"""
+
+
+def cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def ceiling_command(port, tmp):
+    """(label, command) of the transport ceiling on `port`; `tmp` is a directory of its own."""
+    big = os.path.join(tmp, "1MiB.bin")
+    if not os.path.exists(big):
+        with open(big, "wb") as f:
+            f.write(os.urandom(1 << 20))
+        os.chmod(big, 0o644)
+    if NGINX:
+        conf = os.path.join(tmp, f"nginx-{port}.conf")
+        user = "user nobody nogroup;" if os.geteuid() == 0 else ""  # else nginx runs as us anyway
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(user=user, cores=cores(), tmp=tmp, port=port))
+        version = subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
+        return f"nginx {version} `return 200`", [NGINX, "-p", tmp, "-e", os.path.join(tmp, "error.log"), "-c", conf]
+    return "Python accept loop", [sys.executable, os.path.abspath(__file__), "--transport-child", str(port), big]
+
+
+def transport_child(port, big):
+    """The fallback ceiling: the simplest accept loop answering a fixed 200, one process a CPU."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", int(port)))
+    sock.listen(1024)
+    hello = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\nConnection: close\r\n\r\n"
+             b"Hello, world!\n")
+    file_head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                 b"Content-Length: %d\r\nConnection: close\r\n\r\n" % os.path.getsize(big))
+    for _ in range(cores() - 1):
+        if os.fork() == 0:
+            break
+    while True:
+        conn, _ = sock.accept()
+        try:
+            _answer(conn, hello, file_head, big)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def _answer(conn, hello, file_head, big):
+    data = b""
+    while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?i)\r\ncontent-length:[ \t]*(\d+)", head)
+    left = int(m.group(1)) - len(rest) if m else 0
+    while left > 0 and (chunk := conn.recv(min(left, 65536))):
+        left -= len(chunk)
+    if head.startswith(b"GET /file "):
+        conn.sendall(file_head)
+        with open(big, "rb") as f:
+            conn.sendfile(f)
+    else:
+        conn.sendall(hello)
+
+
+class _FileWrapper:
+    """wsgi.file_wrapper for the in-process measure: the file is left to sendfile, as the servers do."""
+
+    def __init__(self, filelike, blksize=8192):
+        self.filelike = filelike
+
+    def __iter__(self):
+        return iter(())
+
+    def close(self):
+        self.filelike.close()
+
+
+def app_cost_child(spec):
+    """In a child with the servers' environment: µs of CPU per request of testproject's WSGI
+    application called in-process, for each path; prints {path: µs} as JSON."""
+    import io
+
+    from testproject.wsgi import application
+
+    statuses = []
+
+    def start_response(status, headers, exc_info=None):
+        statuses.append(status)
+
+    out = {}
+    for path, method in spec["paths"]:
+        body = POST_BODY if method == "POST" else b""
+        base = {
+            "REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000",
+            "HTTP_HOST": "127.0.0.1:8000", "HTTP_CONNECTION": "close",
+            "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False,
+            "wsgi.file_wrapper": _FileWrapper,
+        }
+        if method == "POST":
+            base.update(CONTENT_LENGTH=str(len(body)), CONTENT_TYPE="application/octet-stream")
+
+        def once():
+            environ = dict(base)
+            environ["wsgi.input"] = io.BytesIO(body)
+            result = application(environ, start_response)
+            try:
+                for _ in result:
+                    pass
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+
+        statuses.clear()
+        warm_until = time.process_time() + spec["seconds"] / 3
+        while time.process_time() < warm_until:
+            once()
+        if not statuses or not statuses[-1].startswith("200"):
+            sys.exit(f"{method} {path} answered {statuses[-1:] or 'nothing'} in-process")
+        done, started = 0, time.process_time()
+        while (elapsed := time.process_time() - started) < spec["seconds"]:
+            for _ in range(20):  # the clock read (a system call) every 20 requests
+                once()
+            done += 20
+        out[path] = elapsed / done * 1e6
+    print(json.dumps(out))
+
+
+def measure_app_cost(env, paths, seconds):
+    """{(path, method): µs of CPU per request} of the app called in-process (see app_cost_child)."""
+    spec = {"paths": sorted(set(paths)), "seconds": seconds}
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--app-cost-child", json.dumps(spec)],
+                          cwd=PROJECT, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"the in-process measure failed: {proc.stderr.strip()[-2000:]}")
+    by_path = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {(path, method): by_path[path] for path, method in paths}
+
+
+def cpu_busy():
+    """(busy, total) jiffies of all the machine's CPUs, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    total = user + nice + system + idle + iowait + irq + softirq + steal
+    return total - idle - iowait, total
+
+
+def foreign_wrk():
+    """pids of the wrk processes on the machine that this run did not start."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "wrk":
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid != os.getpid():
+            found.append(int(entry))
+    return found
+
+
+def measured(load, url, method, seconds, connections, wait_quiet):
+    """One load, after waiting up to `wait_quiet` s for other wrk runs on the machine to end; the
+    result also says how busy the CPUs were and whether a wrk not ours overlapped it."""
+    deadline, said = time.monotonic() + wait_quiet, False
+    while (others := foreign_wrk()) and time.monotonic() < deadline:
+        if not said:
+            print(f"  waiting for another wrk on the machine to end (pid {', '.join(map(str, others))})", flush=True)
+            said = True
+        time.sleep(0.5)
+    overlap, stop = [bool(foreign_wrk())], threading.Event()
+
+    def watch():
+        while not stop.wait(0.5):
+            overlap[0] = overlap[0] or bool(foreign_wrk())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    before = cpu_busy()
+    try:
+        r = load(url, method, seconds, connections)
+    finally:
+        after = cpu_busy()
+        stop.set()
+        watcher.join()
+    r["cpu_busy"] = ((after[0] - before[0]) / (after[1] - before[1])
+                     if before and after and after[1] > before[1] else None)
+    r["shared"] = overlap[0]
+    return r
 
 
 def free_port():
@@ -96,7 +374,7 @@ def server_commands(workers, port):
     if has_module("pyuwsgi"):
         servers["uwsgi"] = [py, "-c", "import pyuwsgi; pyuwsgi.run()", "--http-socket", f"127.0.0.1:{port}", "--master",
                             "--processes", str(workers), "--module", "testproject.wsgi:application",
-                            "--disable-logging"]
+                            "--disable-logging", "--die-on-term"]  # else SIGTERM makes uWSGI 2.0 reload
     return servers
 
 
@@ -168,8 +446,12 @@ class Running:
             self.proc.wait()
 
 
+SOCKET_ERRORS = ("connect", "read", "write", "timeout")
+
+
 def wrk(url, method, seconds, connections):
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", "Connection: close"]
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", "--latency",
+           "-H", "Connection: close"]
     script = None
     if method == "POST":
         script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
@@ -182,15 +464,18 @@ def wrk(url, method, seconds, connections):
         os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    errors = sum(int(x) for x in m.groups()) if (m := re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)) else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = dict(zip(SOCKET_ERRORS, (int(x) for x in m.groups()) if m else (0, 0, 0, 0)))
     lat = {p: _ms(m.group(1), m.group(2)) for p in ("50", "99")
-           if (m := re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out))}
-    return {"rps": rps, "non2xx": non2xx, "errors": errors, "p50": lat.get("50"), "p99": lat.get("99")}
+           if (m := re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s|m)\b", out))}
+    m = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s|m)\b", out)  # avg, stdev, max
+    return {"rps": rps, "non2xx": non2xx, "errors": sum(socket_errors.values()), "socket_errors": socket_errors,
+            "p50": lat.get("50"), "p99": lat.get("99"), "max": _ms(m.group(1), m.group(2)) if m else None,
+            "requests": int(m.group(1)) if (m := re.search(r"(\d+) requests in", out)) else None}
 
 
 def _ms(value, unit):
-    return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+    return float(value) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000}[unit]
 
 
 def python_load(url, method, seconds, connections):
@@ -199,22 +484,28 @@ def python_load(url, method, seconds, connections):
     body = POST_BODY if method == "POST" else b""
     request = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    latencies, failures, deadline = [], [0], time.monotonic() + seconds
+    latencies, non2xx, deadline = [], [0], time.monotonic() + seconds
+    errors = dict.fromkeys(SOCKET_ERRORS, 0)
 
     def client():
         while time.monotonic() < deadline:
             t0 = time.monotonic()
+            stage = "connect"
             try:
-                with socket.create_connection((host, int(port)), timeout=10) as s:
+                with socket.create_connection((host, int(port)), timeout=2) as s:
+                    stage = "write"
                     s.sendall(request)
+                    stage = "read"
                     data = b""
                     while chunk := s.recv(65536):
                         data += chunk
                 if not data.startswith(b"HTTP/1.1 2"):
-                    failures[0] += 1
+                    non2xx[0] += 1
                 latencies.append((time.monotonic() - t0) * 1000)
+            except socket.timeout:
+                errors["timeout"] += 1
             except OSError:
-                failures[0] += 1
+                errors[stage] += 1
 
     threads = [threading.Thread(target=client) for _ in range(connections)]
     for t in threads:
@@ -223,7 +514,9 @@ def python_load(url, method, seconds, connections):
         t.join()
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None  # noqa: E731
-    return {"rps": len(latencies) / seconds, "non2xx": failures[0], "errors": 0, "p50": pick(0.5), "p99": pick(0.99)}
+    return {"rps": len(latencies) / seconds, "non2xx": non2xx[0], "errors": sum(errors.values()),
+            "socket_errors": errors, "p50": pick(0.5), "p99": pick(0.99), "max": pick(1),
+            "requests": len(latencies)}
 
 
 def burst_load(port, clients, seconds):
@@ -337,37 +630,108 @@ def prepare_env(tmp):
     return env
 
 
+def says_close(port):
+    """Whether the server's answer to a `Connection: close` request says `Connection: close`. wrk
+    decides from the answer alone: without it, it sends its next request on the connection the server
+    then closes, and counts a read error for every request answered (not a failed request)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data and (chunk := s.recv(65536)):
+            data += chunk
+    head = data.split(b"\r\n\r\n")[0].lower()
+    return any(line.split(b":", 1)[0].strip() == b"connection" and b"close" in line.split(b":", 1)[1]
+               for line in head.split(b"\r\n")[1:] if b":" in line)
+
+
+def failed(rounds, name, no_close):
+    """Failed requests over the rounds: non-2xx and socket errors, a server in `no_close` having its
+    read errors counted beyond one for each request answered (see says_close)."""
+    total = 0
+    for r in rounds:
+        errors = dict(r["socket_errors"])
+        if name in no_close and r.get("requests") is not None:
+            errors["read"] = max(0, errors["read"] - r["requests"])
+        total += r["non2xx"] + sum(errors.values())
+    return total
+
+
+def scenario_request(scenario):
+    """(path, method) of a scenario: the overload is hello's."""
+    return SCENARIOS["hello" if scenario == OVERLOAD else scenario]
+
+
 def measure_throughput(args, env, load):
-    if not args.scenarios:
-        return {}, {}
+    """{(scenario, server): [round results]}, the transport ceiling among the servers as CEILING;
+    {server: start to first 200 (s)}; {scenario: [the app's µs of CPU per request, one a round]}."""
+    scenarios = args.scenarios + ([OVERLOAD] if args.overload else [])
+    if not scenarios:
+        return {}, {}, {}
     servers = server_commands(args.workers, 0)
-    running = {}
+    running, ceiling_dir = {}, None
     try:
         for name in servers:
             if name not in args.servers:
                 continue
             port = free_port()
             running[name] = Running(name, server_commands(args.workers, port)[name], port, env)
+        if args.limit:
+            ceiling_dir = tempfile.mkdtemp(prefix="prefork-ceiling-")
+            os.chmod(ceiling_dir, 0o755)  # nginx's unprivileged workers read the 1 MiB file there
+            port = free_port()
+            args.ceiling_label, cmd = ceiling_command(port, ceiling_dir)
+            running[CEILING] = Running(CEILING, cmd, port, env)
+        args.no_close = [name for name, server in running.items() if not says_close(server.port)]
         for server in running.values():  # warm-up: imports, caches, the SQLite page cache
             for path, method in SCENARIOS.values():
                 load(f"http://127.0.0.1:{server.port}{path}", method, 1, 4)
-        results = {}  # (scenario, server) -> [round results]
+        results, app_us = {}, {}  # (scenario, server) -> [round results]; scenario -> [µs]
         names = list(running)
         for round_no in range(args.rounds):
+            if args.limit:
+                cost = measure_app_cost(env, [scenario_request(s) for s in scenarios], args.app_seconds)
+                for scenario in scenarios:
+                    app_us.setdefault(scenario, []).append(cost[scenario_request(scenario)])
+                print(f"round {round_no + 1} app in-process, CPU per request: " + ", ".join(
+                    f"{s} {cost[scenario_request(s)]:.1f} µs" for s in scenarios if s != OVERLOAD), flush=True)
             order = names if round_no % 2 == 0 else names[::-1]
-            for scenario in args.scenarios:
-                path, method = SCENARIOS[scenario]
+            for scenario in scenarios:
+                path, method = scenario_request(scenario)
+                connections = args.overload_connections if scenario == OVERLOAD else args.connections
                 for name in order:
                     url = f"http://127.0.0.1:{running[name].port}{path}"
-                    r = load(url, method, args.duration, args.connections)
+                    r = measured(load, url, method, args.duration, connections, args.wait_quiet)
                     results.setdefault((scenario, name), []).append(r)
+                    busy = f" CPUs {r['cpu_busy']:.0%} busy" if r["cpu_busy"] is not None else ""
                     print(f"round {round_no + 1} {scenario:12} {name:11} {r['rps']:9.0f} req/s "
-                          f"p99 {r['p99'] or 0:.1f} ms non-2xx {r['non2xx']} errors {r['errors']}", flush=True)
-        first_200 = {name: s.first_200 for name, s in running.items()}
-        return results, first_200
+                          f"p99 {r['p99'] or 0:.1f} ms non-2xx {r['non2xx']} errors {r['errors']}{busy}"
+                          + (" (another wrk overlapped)" if r["shared"] else ""), flush=True)
+        first_200 = {name: s.first_200 for name, s in running.items() if name != CEILING}
+        return results, first_200, app_us
     finally:
         for server in running.values():
             server.stop()
+        if ceiling_dir:
+            shutil.rmtree(ceiling_dir, ignore_errors=True)
+
+
+def limits(results, app_us, scenario):
+    """The limit of each round (req/s): 1 / (1 / ceiling req/s + app CPU per request / cores)."""
+    return [1 / (1 / c["rps"] + us / 1e6 / cores())
+            for c, us in zip(results.get((scenario, CEILING), []), app_us.get(scenario, [])) if c["rps"]]
+
+
+def of_limit(results, app_us, scenario, name):
+    """Median of the per-round fractions of the limit, or None."""
+    fractions = [r["rps"] / lim for r, lim in zip(results.get((scenario, name), []), limits(results, app_us, scenario))]
+    return statistics.median(fractions) if fractions else None
+
+
+def ratio(results, scenario, a, b):
+    """Median of the per-round ratios of a's requests/s to b's, or None."""
+    ratios = [x["rps"] / y["rps"] for x, y in zip(results.get((scenario, a), []), results.get((scenario, b), []))
+              if y["rps"]]
+    return statistics.median(ratios) if ratios else None
 
 
 def measure_memory(args, env, load):
@@ -392,7 +756,11 @@ def measure_memory(args, env, load):
     return memory
 
 
-def report(args, results, first_200, memory, loader, burst=None):
+PEERS = ("gunicorn", "uwsgi", "granian")  # runprefork's ratios to these, when they ran
+
+
+def report(args, results, first_200, memory, loader, burst=None, app_us=None):
+    app_us = app_us or {}
     lines = [f"# Benchmark {datetime.datetime.now():%Y-%m-%d %H:%M}", ""]
     machine = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
                f"Python {platform.python_version()}; Django {_version('django')}; ")
@@ -400,32 +768,60 @@ def report(args, results, first_200, memory, loader, burst=None):
         lines += [machine + "DEBUG off.", ""] + burst_report(args, burst or {})
         lines += ["", f"Reproduce: `python benchmarks/run.py {' '.join(sys.argv[1:])}`".rstrip() + ""]
         return "\n".join(lines) + "\n"
-    lines += [machine + f"gunicorn {_version('gunicorn')}; "
-              f"load: {loader}, {args.connections} connections, `Connection: close`, "
+    peers = "; ".join(f"{name} {_version(dist)}" for name, dist in (
+        ("gunicorn", "gunicorn"), ("granian", "granian"), ("uWSGI", "pyuwsgi")) if _version(dist) != "not installed")
+    lines += [machine + f"{peers}; load: {loader}, {args.connections} connections, `Connection: close`, "
               f"{args.rounds} rounds × {args.duration} s, {args.workers} workers, DEBUG off.", ""]
-    names = [n for n in args.servers if any((s, n) in results for s in args.scenarios)]
-    lines += ["## Requests per second (median of rounds)", "",
-              "| scenario | " + " | ".join(names) + " | runprefork / gunicorn |",
-              "|---" * (len(names) + 2) + "|"]
-    for scenario in args.scenarios:
-        row = [scenario]
+    names = [n for n in args.servers if any((s, n) in results for s in args.scenarios + [OVERLOAD])]
+    has_limit = any((s, CEILING) in results for s in args.scenarios + [OVERLOAD])
+    peers = [p for p in PEERS if p in names] if "runprefork" in names else []
+    if args.scenarios:
+        header = ["scenario"] + (["limit"] if has_limit else [])
         for name in names:
-            rounds = results.get((scenario, name), [])
-            med = statistics.median(r["rps"] for r in rounds) if rounds else 0
-            bad = sum(r["non2xx"] + r["errors"] for r in rounds)
-            row.append(f"{med:,.0f}" + (f" ({bad} failed)" if bad else ""))
-        if ("gunicorn" in names) and ("runprefork" in names):
-            ratios = [a["rps"] / b["rps"] for a, b in zip(results[(scenario, "runprefork")],
-                                                          results[(scenario, "gunicorn")]) if b["rps"]]
-            row.append(f"**{statistics.median(ratios):.2f}×**" if ratios else "–")
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "## Latency, hello (median of rounds, ms)", "", "| server | p50 | p99 |", "|---|---|---|"]
-    for name in names:
-        rounds = results.get(("hello", name)) or results.get((args.scenarios[0], name), [])
-        if rounds:
-            p50 = statistics.median(r["p50"] or 0 for r in rounds)
-            p99 = statistics.median(r["p99"] or 0 for r in rounds)
-            lines.append(f"| {name} | {p50:.2f} | {p99:.2f} |")
+            header += [name] + (["% of limit"] if has_limit else [])
+        header += [f"runprefork / {p}" for p in peers]
+        lines += ["## Requests per second (median of rounds)", "", "| " + " | ".join(header) + " |",
+                  "|---" * len(header) + "|"]
+        for scenario in args.scenarios:
+            row = [scenario]
+            if has_limit:
+                lims = limits(results, app_us, scenario)
+                row.append(f"{statistics.median(lims):,.0f}" if lims else "–")
+            for name in names:
+                rounds = results.get((scenario, name), [])
+                med = statistics.median(r["rps"] for r in rounds) if rounds else 0
+                bad = failed(rounds, name, args.no_close)
+                row.append(f"{med:,.0f}" + (f" ({bad:,} failed)" if bad else ""))
+                if has_limit:
+                    row.append(_pct(of_limit(results, app_us, scenario, name)))
+            for p in peers:
+                x = ratio(results, scenario, "runprefork", p)
+                row.append(f"**{x:.2f}×**" if x else "–")
+            lines.append("| " + " | ".join(row) + " |")
+        lines += ["", "\"failed\" counts wrk's socket errors and non-2xx answers over all rounds; "
+                  "% of limit and the ratios are medians of the per-round values."]
+        if any(n in args.no_close for n in names):
+            them = sum(n in args.no_close for n in names)
+            lines += ["", _no_close_note(args, names, f"{'Their' if them > 1 else 'Its'} failures count only the "
+                                         "read errors beyond the requests answered" + (
+                                             "; the overload table gives wrk's raw counts." if args.overload else "."))]
+    if has_limit:
+        lines += [""] + limit_report(args, results, app_us)
+    if args.scenarios:
+        lines += ["", "## Latency, hello (median of rounds, ms)", "", "| server | p50 | p99 |", "|---|---|---|"]
+        for name in names:
+            rounds = results.get(("hello", name)) or results.get((args.scenarios[0], name), [])
+            if rounds:
+                p50 = statistics.median(r["p50"] or 0 for r in rounds)
+                p99 = statistics.median(r["p99"] or 0 for r in rounds)
+                lines.append(f"| {name} | {p50:.2f} | {p99:.2f} |")
+    if any((OVERLOAD, n) in results for n in names):
+        lines += [""] + overload_report(args, results, app_us, names)
+    shared = [f"{s} {n if n != CEILING else 'ceiling'} round {i + 1}" for (s, n), rounds in results.items()
+              for i, r in enumerate(rounds) if r.get("shared")]
+    total = sum(len(rounds) for rounds in results.values())
+    lines += ["", f"{len(shared)} of {total} measurements overlapped a wrk this run did not start "
+              "(another benchmark or profile on the machine)" + (": " + ", ".join(shared) + "." if shared else ".")]
     lines += ["", "## Start to first 200 (s)", "", "| server | s |", "|---|---|"]
     lines += [f"| {name} | {t:.2f} |" for name, t in first_200.items()]
     if memory:
@@ -438,6 +834,79 @@ def report(args, results, first_200, memory, loader, burst=None):
         lines += [""] + burst_report(args, burst)
     lines += ["", f"Reproduce: `python benchmarks/run.py {' '.join(sys.argv[1:])}`".rstrip() + ""]
     return "\n".join(lines) + "\n"
+
+
+def _no_close_note(args, names, tail):
+    them = [n for n in names if n in args.no_close]
+    return (f"{' and '.join(them)} answer{'s' if len(them) == 1 else ''} a `Connection: close` request without "
+            "`Connection: close`: wrk then sends its next request on the connection the server closes and counts "
+            "a read error for every request answered. " + tail)
+
+
+def _pct(fraction):
+    return "–" if fraction is None else f"{fraction:.0%}"
+
+
+def limit_report(args, results, app_us):
+    n = cores()
+    lines = ["## The limit (median of rounds)", "",
+             f"Transport ceiling: {args.ceiling_label}, answering a fixed 200 (\"Hello, world!\", the same "
+             f"1 MiB file by sendfile for `/file`) with the same client and connections, in the rotation with "
+             f"the servers. Its CPU per request, wrk and kernel included, is taken as {n} cores × wall time / "
+             f"requests. App: testproject's WSGI application called in-process in a loop, CPU time "
+             f"(time.process_time) per request after a warm-up.", "",
+             f"    limit = {n} cores / (transport CPU + app CPU per request)"
+             f" = 1 / (1 / ceiling req/s + app CPU per request / {n})", "",
+             "| scenario | ceiling (req/s) | CPUs busy during it | transport CPU / request (µs) "
+             "| app CPU / request (µs) | limit (req/s) |", "|---|---|---|---|---|---|"]
+    idle = []
+    for scenario in args.scenarios + ([OVERLOAD] if args.overload else []):
+        ceiling = results.get((scenario, CEILING), [])
+        if not ceiling:
+            continue
+        rps = statistics.median(r["rps"] for r in ceiling)
+        busy = [r["cpu_busy"] for r in ceiling if r.get("cpu_busy") is not None]
+        app = app_us.get(scenario, [])
+        lims = limits(results, app_us, scenario)
+        label = scenario if scenario != OVERLOAD else f"overload (hello, {args.overload_connections} connections)"
+        lines.append(f"| {label} | {rps:,.0f} | {_pct(statistics.median(busy)) if busy else '–'} | "
+                     f"{n / rps * 1e6:.1f} | {statistics.median(app) if app else 0:.1f} | "
+                     f"{statistics.median(lims) if lims else 0:,.0f} |")
+        if busy and statistics.median(busy) < 0.95 and app:
+            share = statistics.median(busy)
+            transport = share * n / rps
+            idle.append(f"{label} ({_pct(share)} busy: {transport * 1e6:.1f} µs, a limit of "
+                        f"{n / (transport + statistics.median(app) / 1e6):,.0f} req/s)")
+    if idle:
+        lines += ["", "The CPUs were not all busy during the ceiling's runs, so the transport CPU per request is "
+                  "overstated there and the limit understated; counted from the busy CPU time instead (/proc/stat, "
+                  "which counts anything else running too): " + "; ".join(idle) + "."]
+    return lines
+
+
+def overload_report(args, results, app_us, names):
+    lines = [f"## Overload: hello, {args.overload_connections} connections on {args.workers} workers", "",
+             f"Medians of {args.rounds} rounds; max is the worst of all rounds; errors are summed over the rounds "
+             "(wrk's socket errors by kind, a timeout being no answer within 2 s, and non-2xx answers).", "",
+             "| server | req/s | % of limit | p50 (ms) | p99 (ms) | max (ms) | connect | read | write | timeout "
+             "| non-2xx | failed |", "|---" * 12 + "|"]
+    for name in names + [CEILING]:
+        rounds = results.get((OVERLOAD, name), [])
+        if not rounds:
+            continue
+        label = name if name != CEILING else f"{args.ceiling_label} (ceiling)"
+        label += " †" if name in args.no_close else ""
+        med = lambda key: statistics.median(r[key] or 0 for r in rounds)  # noqa: E731
+        errors = [sum(r["socket_errors"][kind] for r in rounds) for kind in SOCKET_ERRORS]
+        lines.append(f"| {label} | {med('rps'):,.0f} | "
+                     f"{_pct(of_limit(results, app_us, OVERLOAD, name)) if name != CEILING else '–'} | "
+                     f"{med('p50'):.2f} | {med('p99'):.2f} | {max(r['max'] or 0 for r in rounds):.2f} | "
+                     + " | ".join(f"{e:,}" for e in errors) + f" | {sum(r['non2xx'] for r in rounds):,} | "
+                     f"{failed(rounds, name, args.no_close):,} |")
+    if any(n in args.no_close for n in names):
+        lines += ["", "† " + _no_close_note(args, names, "\"failed\" counts only the read errors beyond the "
+                                            "requests answered.")]
+    return lines
 
 
 def burst_report(args, burst):
@@ -463,7 +932,7 @@ def burst_report(args, burst):
     return lines
 
 
-def chart(path, args, results):
+def chart(path, args, results, app_us=None):
     try:
         import matplotlib
 
@@ -478,7 +947,13 @@ def chart(path, args, results):
     for i, name in enumerate(names):
         values = [statistics.median(r["rps"] for r in results.get((s, name), [{"rps": 0}])) for s in args.scenarios]
         ax.bar([x + i * width for x in range(len(args.scenarios))], values, width, label=name)
+    for x, scenario in enumerate(args.scenarios):
+        lims = limits(results, app_us or {}, scenario)
+        if lims:
+            ax.hlines(statistics.median(lims), x - width / 2, x + width * (len(names) - 0.5), colors="black",
+                      linestyles="dashed", label="limit" if x == 0 else None)
     ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(args.scenarios))], args.scenarios)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # room for the legend above the bars and the limit
     ax.set_ylabel("requests/s (higher is better)")
     ax.set_title(f"testproject, {args.workers} workers, Connection: close")
     ax.legend()
@@ -497,35 +972,51 @@ def _version(module):
 
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--app-cost-child":
+        return app_cost_child(json.loads(sys.argv[2]))
+    if len(sys.argv) == 4 and sys.argv[1] == "--transport-child":
+        return transport_child(sys.argv[2], sys.argv[3])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--scenarios", default=",".join([*SCENARIOS, BURST]),
-                        help=f"comma-separated, from: {', '.join([*SCENARIOS, BURST])}")
+                        help=f"comma-separated, from: {', '.join([*SCENARIOS, OVERLOAD, BURST])} "
+                        f"({OVERLOAD} comes with hello)")
+    parser.add_argument("--overload-connections", type=int, default=64, help="connections of the overload scenario")
+    parser.add_argument("--no-overload", action="store_true", help="leave out the overload scenario")
+    parser.add_argument("--no-limit", action="store_true", help="measure neither the ceiling nor the app's cost")
+    parser.add_argument("--app-seconds", type=float, default=1.0,
+                        help="CPU seconds of the in-process measure, per path and round")
+    parser.add_argument("--wait-quiet", type=float, default=30,
+                        help="seconds to wait before each measurement for a wrk not ours to end")
     parser.add_argument("--burst-seconds", type=float, default=8, help="length of the burst scenario's load")
     parser.add_argument("--servers", default="runprefork,gunicorn,runserver,granian,uwsgi")
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="hello only, 2 rounds of 4 s, no memory")
+    parser.add_argument("--quick", action="store_true", help="hello only, 2 rounds of 4 s, no memory, no overload")
     args = parser.parse_args()
     if args.quick:
         args.scenarios, args.rounds, args.duration, args.no_memory = "hello", 2, 4, True
+        args.app_seconds = min(args.app_seconds, 0.5)
     wanted = args.scenarios.split(",")
     args.scenarios = [s for s in wanted if s in SCENARIOS]
+    args.overload = (OVERLOAD in wanted or ("hello" in args.scenarios and not args.quick)) and not args.no_overload
+    args.limit = not args.no_limit
+    args.ceiling_label, args.no_close = None, []
     args.servers = args.servers.split(",")
     args.burst = BURST in wanted and "runprefork" in args.servers
-    if "gunicorn" in args.servers and args.scenarios and not has_module("gunicorn"):
+    if "gunicorn" in args.servers and (args.scenarios or args.overload) and not has_module("gunicorn"):
         sys.exit("gunicorn is missing: pip install -e '.[bench]'")
     load, loader = (wrk, "wrk") if shutil.which("wrk") else (python_load, "python fallback (no wrk: apt-get install wrk)")
     print(f"load generator: {loader}")
     with tempfile.TemporaryDirectory() as tmp:
         env = prepare_env(tmp)
-        results, first_200 = measure_throughput(args, env, load)
+        results, first_200, app_us = measure_throughput(args, env, load)
         memory = {} if args.no_memory else measure_memory(args, env, load)
         burst = measure_burst(args, env, tmp) if args.burst else {}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    text = report(args, results, first_200, memory, loader, burst)
+    text = report(args, results, first_200, memory, loader, burst, app_us)
     # A quick run is a check, not a result, and a run of the burst alone is
     # not a full one: both leave the last full report alone.
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
@@ -533,9 +1024,11 @@ def main():
     for name in ((f"{stamp}.md", "latest.md") if latest == "latest" else (latest + ".md",)):
         with open(os.path.join(HERE, "results", name), "w") as f:
             f.write(text)
-    png = chart(os.path.join(HERE, "results", latest + ".png"), args, results) if results else None
+    png = chart(os.path.join(HERE, "results", latest + ".png"), args, results, app_us) if args.scenarios else None
+    limit = {f"limit|{s}": {"ceiling": args.ceiling_label, "cores": cores(), "app_cpu_us": us,
+                            "limit_rps": limits(results, app_us, s)} for s, us in app_us.items()}
     with open(os.path.join(HERE, "results", latest + ".json"), "w") as f:
-        json.dump({**{f"{s}|{n}": r for (s, n), r in results.items()},
+        json.dump({**{f"{s}|{n}": r for (s, n), r in results.items()}, **limit,
                    **{f"{BURST}|runprefork {c}": r for c, r in burst.items()}}, f, indent=1)
     print(text)
     if png:
