@@ -30,14 +30,17 @@ the prompt, is terminal.py's business.
 """
 
 import functools
-import pdb
+import time
 
 _heartbeat = None  # this worker's Heartbeat; None in the master and the arbiter
 _depth = 0  # nested interactions (pdb's `debug` command starts a Pdb inside a Pdb)
+released_at = 0.0  # monotonic: when pdb last let this worker go
 
 
 def install():
     """Wrap pdb.Pdb.interaction so a worker's heartbeat says when pdb holds it. Idempotent."""
+    import pdb  # here, not at the top: http.py asks `paused_since` in every process
+
     original = pdb.Pdb.interaction
     if getattr(original, "prefork_wrapped", False):
         return
@@ -53,8 +56,10 @@ def install():
         try:
             return original(self, *args, **kwargs)
         finally:
+            global released_at
             _depth -= 1
             if not _depth:
+                released_at = time.monotonic()
                 beat.set_debugging(False)
                 beat.notify()  # the silence counts from now, not from the breakpoint
 
@@ -66,6 +71,11 @@ def attach(beat):
     """In a worker: report pdb's holds on `beat`."""
     global _heartbeat
     _heartbeat = beat
+
+
+def paused_since(started):
+    """Seconds to add to a deadline counted from `started`: the watchdog counts from pdb's release."""
+    return released_at - started if released_at > started else 0.0
 
 
 def held():

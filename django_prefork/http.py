@@ -46,6 +46,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from . import debugger
 from .sockets import set_io_timeout
 
 RECV_SIZE = 65536
@@ -113,7 +114,11 @@ class Request:
         self.headers_complete = False
         self.complete = False
         self.trailers = 0
-        self.started = 0.0  # monotonic: when its first bytes were read        self.progress = False  # a body byte or a whole trailer arrived in this feed
+        self.started = 0.0  # monotonic: when its first bytes were read
+        # Whether the bytes being fed may run past the message's end. Not while a
+        # head is fed up to its blank line (the common request: no exception).
+        self.stop_at_end = True
+        self.progress = False  # a body byte or a whole trailer arrived in this feed
         self.body = bytearray()  # decoded body bytes the app has not read yet
         self.sink = self.body.extend
         self.error = None  # an HTTPError met after the head, while reading the body
@@ -165,7 +170,8 @@ class Request:
 
     def on_message_complete(self):
         self.complete = True
-        raise _MessageEnd
+        if self.stop_at_end:
+            raise _MessageEnd  # llhttp stops here: the next message's bytes are never parsed
 
     # -- rules llhttp leaves to us ---------------------------------------------
 
@@ -188,6 +194,16 @@ class Request:
             raise HTTPError(431, "Trailer field too long")
         if name.lower() in FORBIDDEN_TRAILERS:
             raise HTTPError(400, "Forbidden trailer field")
+
+    def deadline(self):
+        """When reading the body or writing the response must stop: before the watchdog fires.
+
+        None without a timeout. A request paused in pdb gets the pause back,
+        as the watchdog does (debugger.py).
+        """
+        if not self.limits.body_time:
+            return None
+        return self.started + self.limits.body_time + debugger.paused_since(self.started)
 
     def check_head(self):
         if self.version not in ("1.1", "1.0"):
@@ -241,6 +257,8 @@ def _body_parser(request, rest):
 def _feed(parser, request, data):
     try:
         parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        return  # CONNECT or Upgrade, paused at its head's end: check_head refuses or _body_parser frames it
     except httptools.HttpParserCallbackError as exc:
         if isinstance(exc.__context__, _MessageEnd):
             return
@@ -258,6 +276,26 @@ def _feed(parser, request, data):
         if "HTTP version" in message:
             raise HTTPError(505, "HTTP Version Not Supported") from None
         raise HTTPError(400, message) from None
+
+
+def _feed_head(parser, request, data):
+    """Feed `data`, cut after each blank line while the head is not complete.
+
+    A head fed up to its blank line ends where llhttp stops, so a body-less
+    request completes without the _MessageEnd exception; what follows the
+    head (body bytes, or a pipelined request) is fed with the stop armed.
+    """
+    at = 0
+    while not request.headers_complete:
+        end = data.find(_HEAD_END, at)
+        if end < 0:
+            break
+        request.stop_at_end = False
+        _feed(parser, request, data[at:end + 4] if at or end + 4 < len(data) else data)
+        request.stop_at_end = True
+        at = end + 4
+    if at < len(data) and not request.complete:
+        _feed(parser, request, data[at:] if at else data)
 
 
 def read_request(sock, limits):
@@ -299,7 +337,7 @@ def _read_head(sock, limits, pieces):
             raise ClientGone()
         received += len(data)
         pieces.append(data)
-        _feed(parser, request, data)
+        _feed_head(parser, request, data)
         if request.headers_complete:
             break
         if received > limits.head:
@@ -375,10 +413,10 @@ class _Clock:
 
     __slots__ = ("sock", "limits", "deadline", "waited", "window_waited", "window_bytes", "lowered")
 
-    def __init__(self, sock, limits, started):
+    def __init__(self, sock, limits, deadline):
         self.sock = sock
         self.limits = limits
-        self.deadline = started + limits.body_time if limits.body_time else None
+        self.deadline = deadline  # the request's deadline method
         self.waited = 0.0
         self.window_waited = 0.0
         self.window_bytes = 0
@@ -386,8 +424,9 @@ class _Clock:
 
     def recv_into(self, view):
         limits = self.limits
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
+        deadline = self.deadline()
+        if deadline is not None:
+            left = deadline - time.monotonic()
             if left <= 0:
                 raise _slow("the body took longer than the request may run (PREFORK_TIMEOUT)")
             if left < limits.client_timeout:
@@ -445,7 +484,7 @@ class Body:
             self._continue_pending = False
             self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self._clock is None:
-            self._clock = _Clock(self._sock, request.limits, request.started)
+            self._clock = _Clock(self._sock, request.limits, request.deadline)
         try:
             count = self._clock.recv_into(view)
         except TimeoutError as exc:
