@@ -42,6 +42,7 @@ buffer of its size, filled in place. A body slower than
 import io
 import re
 import time
+from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -58,6 +59,14 @@ _HEAD_END = b"\r\n\r\n"
 # Where body bytes land off the socket before the parser or the app's buffer
 # takes them: one per process, as a worker serves one request at a time.
 _SCRATCH = memoryview(bytearray(RECV_SIZE))
+
+
+def reason_phrase(status):
+    """The standard reason phrase of `status` (RFC 9110's names), for the answers the server writes itself."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 class HTTPError(Exception):

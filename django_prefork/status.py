@@ -35,7 +35,7 @@ import time
 import httptools
 
 from . import __version__
-from .http import HTTPError, Limits, Request, _feed
+from .http import HTTPError, Limits, Request, _feed, reason_phrase
 from .sockets import remove_stale_unix_socket
 
 log = logging.getLogger("django_prefork")
@@ -255,7 +255,7 @@ class StatusChannel:
         except Exception as exc:  # a bug in rendering must not take the master down
             log.exception("status channel: answering %r failed", exc)
             status, content_type, body = 500, "text/plain; charset=utf-8", b"Internal Server Error\n"
-        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {content_type}\r\n"
+        head = (f"HTTP/1.1 {status} {reason_phrase(status)}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nServer: django-prefork/{__version__}\r\n"
                 f"Cache-Control: no-store\r\nConnection: close\r\n\r\n")
         client.out = memoryview(head.encode("latin-1") + (b"" if client.request.method == b"HEAD" else body))
@@ -277,6 +277,3 @@ class StatusChannel:
         client.conn.close()
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
-            503: "Service Unavailable", 505: "HTTP Version Not Supported"}

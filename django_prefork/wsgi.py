@@ -20,7 +20,7 @@ from django.utils.log import log_message
 
 from . import __version__
 from .conf import forwarded_trust
-from .http import TOKEN, Body, ClientGone, HTTPError, Limits, decode_path, read_request, split_target
+from .http import TOKEN, Body, ClientGone, HTTPError, Limits, decode_path, read_request, reason_phrase, split_target
 from .sockets import set_io_timeout
 
 log = logging.getLogger("django_prefork")
@@ -451,7 +451,7 @@ def answer_error(conn, exc, context, request_line):
     body = f"{exc.status} {exc.reason}\n".encode("latin-1", "replace")
     response = Response(conn, head_only=exc.head_only, http11=True)
     response.start_response(
-        f"{exc.status} {_REASONS.get(exc.status, 'Error')}",
+        f"{exc.status} {reason_phrase(exc.status)}",
         [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
     )
     try:
@@ -467,11 +467,6 @@ def answer_error(conn, exc, context, request_line):
     return exc.status, response.body_sent
 
 
-_REASONS = {
-    400: "Bad Request", 405: "Method Not Allowed", 408: "Request Timeout", 414: "URI Too Long",
-    417: "Expectation Failed", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 505: "HTTP Version Not Supported",
-}
 
 
 _UNREAD = bytearray(4)
