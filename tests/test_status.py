@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .helpers import REPO, alive, receive_all, wait_until
@@ -269,3 +270,22 @@ def test_a_live_unix_metrics_socket_is_not_taken_over(serve, tmp_path):
         sock.connect(str(path))
         sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
         assert json.loads(receive_all(sock).split(b"\r\n\r\n", 1)[1])["master"]["pid"] == first.pid
+
+
+@pytest.mark.parametrize("data, status", [
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),  # more: a head past 8 KiB
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /status HTTP/1.1\r\nHost: x\r\n\r\n", 200),  # twice: one answer
+    (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", 405),
+    (b"HEAD /status HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+], ids=["head-too-big", "pipelined", "post", "head"])
+def test_what_the_status_channel_answers_to_odd_requests(serve, data, status):
+    server = start(serve)
+    port = int(server.metrics_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        response = receive_all(sock)
+    assert response.startswith(b"HTTP/1.1 %d " % status), response[:100]
+    assert response.count(b"HTTP/1.1 ") == 1
+    if data.startswith(b"HEAD"):
+        assert response.endswith(b"\r\n\r\n")  # no body
+    assert fetch(server, "/healthz") == (200, b"ok\n")
