@@ -365,6 +365,12 @@ def _read_head(sock, limits, pieces):
         data = b"".join(pieces)
         start = len(data) - len(data.lstrip(b"\r\n"))  # llhttp skips empty lines before a request
         request.parser = _body_parser(request, data[data.index(_HEAD_END, start) + 4:])
+    if request.complete:
+        # The parser holds its protocol, the Request, which holds the parser: a
+        # cycle only the garbage collector would free. A complete request (no
+        # body to come) needs its parser no more; dropped, the request's objects
+        # are freed by refcount the moment it ends, and no GC pass runs for them.
+        request.parser = None
     return request
 
 
@@ -523,6 +529,8 @@ class Body:
         except HTTPError as exc:
             request.error = exc
             raise ConnectionAbortedError(f"Bad request body: {exc.reason}") from None
+        if request.complete:
+            request.parser = None  # see _read_head: the cycle, broken as the body ends
         if request.progress or request.complete:
             self._stalled = 0
         else:

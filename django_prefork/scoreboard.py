@@ -263,12 +263,14 @@ class Scoreboard:
 class SlotWriter:
     """A worker's side: its counters, stored with one pack_into when a request ends."""
 
-    __slots__ = ("mm", "at", "counters", "clear_request")
+    __slots__ = ("mm", "at", "values", "clear_request")
 
     def __init__(self, mm, at, clear_request):
         self.mm = mm
         self.at = at
-        self.counters = Counters(_COUNTERS.unpack_from(mm, at + _COUNTERS_AT))
+        # The counters as a flat list in _COUNTERS' order: indexed, not named,
+        # since this runs once a request (requests, bytes out, statuses, buckets, duration sum).
+        self.values = list(_COUNTERS.unpack_from(mm, at + _COUNTERS_AT))
         self.clear_request = clear_request  # the heartbeat's end_request
 
     def booted(self):
@@ -282,11 +284,11 @@ class SlotWriter:
             return  # the connection closed before a request came
         # A head so malformed it named no request was never started: counted, taking no time.
         duration = time.monotonic() - started if started else 0.0
-        counters = self.counters
-        counters.requests += 1
-        counters.bytes_out += sent
+        values = self.values
+        values[0] += 1
+        values[1] += sent
         if 100 <= status < 600:
-            counters.statuses[status // 100 - 1] += 1
-        counters.buckets[bisect_left(BUCKETS, duration)] += 1
-        counters.duration_sum += duration
-        _COUNTERS.pack_into(self.mm, self.at + _COUNTERS_AT, *counters.values())
+            values[1 + status // 100] += 1
+        values[7 + bisect_left(BUCKETS, duration)] += 1
+        values[-1] += duration
+        _COUNTERS.pack_into(self.mm, self.at + _COUNTERS_AT, *values)

@@ -34,8 +34,8 @@ SERVER_SOFTWARE = f"django-prefork/{__version__}"
 _BAD_VALUE = re.compile(r"[\r\n\0]")
 # Controls other than CR and LF (counted apart), tab allowed: RFC 9110 §5.5 field values.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_LENGTH = re.compile(r"[0-9]{1,18}\Z")
-_VALID_NAMES = set()  # header names already checked: apps send the same few
+_NAME_KINDS = {}  # response header name: its kind, below (see _name_kind)
+_PLAIN, _HOP_BY_HOP, _CONTENT_LENGTH, _DATE = "plain", "hop-by-hop", "content-length", "date"
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 4 * 1024 * 1024
 SENDFILE_CHUNK = 1 << 30
@@ -254,23 +254,24 @@ class Response:
         lines = [f"HTTP/1.1 {self.status}\r\n"]
         has_date = False
         for name, value in self.headers:
-            if name not in _VALID_NAMES:
-                _check_name(name)
-            lower = name.lower()
-            if lower in HOP_BY_HOP:
+            kind = _NAME_KINDS.get(name)
+            if kind is None:
+                kind = _name_kind(name)
+            if kind is _HOP_BY_HOP:
                 log.warning("dropped hop-by-hop header %s: %s (the server owns the connection)", name, value)
                 continue
-            if lower == "content-length":
+            if kind is _CONTENT_LENGTH:
                 if bodiless:
                     continue
-                if type(value) is not str or not _LENGTH.match(value):
+                # What the regex [0-9]{1,18} says, without one per response.
+                if type(value) is not str or not (value.isdigit() and value.isascii() and len(value) <= 18):
                     raise InvalidHeader(f"refusing to send Content-Length {value!r}")
                 if self.remaining is not None:
                     if int(value) != self.remaining:
                         raise InvalidHeader(f"refusing to send two Content-Lengths, {self.remaining} and {value}")
                     continue  # the same length twice: say it once
                 self.remaining = int(value)
-            elif lower == "date":
+            elif kind is _DATE:
                 has_date = True
             lines.append(f"{name}: {value}\r\n")
         if not has_date:
@@ -421,11 +422,16 @@ def _warn_dropped_body(status_code):
         log.warning("dropped the body of a %d response: it cannot have one (RFC 9110)", status_code)
 
 
-def _check_name(name):
+def _name_kind(name):
+    """What _head does with a header name (checked here once, then remembered): apps send the same few."""
     if type(name) is not str or not name.isascii() or not TOKEN.match(name.encode()):
         raise InvalidHeader(f"refusing to send header name {name!r}")
-    if len(_VALID_NAMES) < 1024:
-        _VALID_NAMES.add(name)
+    lower = name.lower()
+    kind = (_HOP_BY_HOP if lower in HOP_BY_HOP else _CONTENT_LENGTH if lower == "content-length"
+            else _DATE if lower == "date" else _PLAIN)
+    if len(_NAME_KINDS) < 1024:
+        _NAME_KINDS[name] = kind
+    return kind
 
 
 def _has_fileno(filelike):
