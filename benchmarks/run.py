@@ -59,6 +59,18 @@ Each server's requests/s is reported as a fraction of the limit (median of
 the per-round fractions), alongside the ratios of runprefork to gunicorn,
 uWSGI and granian.
 
+The "bare app" scenario: every server started a second time, on
+benchmarks/bare_app.py (a WSGI callable answering nginx's "Hello, world!",
+no Django; runprefork and runserver get it through bare_settings.py), and
+measured like the others: what a server costs on its own.
+
+For every measurement the harness also reads the CPU (user and system) of
+the server's process and its descendants from /proc, and reports it per
+request answered: on hello it is the server plus Django as its workers pay
+it, on the bare app the server alone; the difference is Django's part in
+that server's workers, cold caches included (the in-process figure of the
+limit is Django with hot ones).
+
 The "overload" scenario (issue #14): hello with 64 connections
 (`--overload-connections`) on the same 2 workers, part of every run that has
 hello (not of --quick; `--no-overload` leaves it out): p50/p99/max latency,
@@ -105,7 +117,11 @@ SCENARIOS = {  # name: (path, method)
     "sqlite": ("/db", "GET"),
     "file 1 MiB": ("/file", "GET"),
     "POST 100 KB": ("/upload", "POST"),
+    # Not testproject: each server started again on benchmarks/bare_app.py, a WSGI callable
+    # answering what nginx's `return 200` answers. What a server costs on its own.
+    "bare app": ("/hello", "GET"),
 }
+BARE = "bare app"
 POST_BODY = b"x" * 100_000
 OVERLOAD = "overload"  # hello at --overload-connections, reported in a table of its own
 BURST = "burst"  # a scenario of its own kind: runprefork only, see the docstring
@@ -277,6 +293,20 @@ def app_cost_child(spec):
     print(json.dumps(out))
 
 
+def bare_app_cost(seconds):
+    """µs of CPU per request of benchmarks/bare_app.py called in-process (no Django: a few µs at most)."""
+    from bare_app import application
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/hello"}
+    done, started = 0, time.process_time()
+    while (elapsed := time.process_time() - started) < seconds / 4:
+        for _ in range(100):
+            for _ in application(environ, lambda status, headers, exc_info=None: None):
+                pass
+        done += 100
+    return elapsed / done * 1e6
+
+
 def measure_app_cost(env, paths, seconds):
     """{(path, method): µs of CPU per request} of the app called in-process (see app_cost_child)."""
     spec = {"paths": sorted(set(paths)), "seconds": seconds}
@@ -358,22 +388,26 @@ def has_module(name):
     return subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True).returncode == 0
 
 
-def server_commands(workers, port):
-    """The servers to compare, by name: the command that runs each on `port`."""
+def server_commands(workers, port, bare=False):
+    """The servers to compare, by name: the command that runs each on `port`; with `bare`, serving
+    benchmarks/bare_app.py instead of testproject (Django's commands through bare_settings.py)."""
     py = sys.executable
     manage = os.path.join(PROJECT, "manage.py")
+    app = "bare_app:application" if bare else "testproject.wsgi:application"
+    settings = ["--settings", "bare_settings"] if bare else []
     servers = {
-        "runprefork": [py, manage, "runprefork", f"127.0.0.1:{port}", "--workers", str(workers), "--noreload"],
+        "runprefork": [py, manage, "runprefork", f"127.0.0.1:{port}", "--workers", str(workers), "--noreload",
+                       *settings],
         "gunicorn": [py, "-m", "gunicorn", "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
-                     "--worker-class", "sync", "testproject.wsgi:application"],
-        "runserver": [py, manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
+                     "--worker-class", "sync", app],
+        "runserver": [py, manage, "runserver", f"127.0.0.1:{port}", "--noreload", *settings],
     }
     if has_module("granian"):
         servers["granian"] = [py, "-m", "granian", "--interface", "wsgi", "--workers", str(workers),
-                              "--host", "127.0.0.1", "--port", str(port), "testproject.wsgi:application"]
+                              "--host", "127.0.0.1", "--port", str(port), app]
     if has_module("pyuwsgi"):
         servers["uwsgi"] = [py, "-c", "import pyuwsgi; pyuwsgi.run()", "--http-socket", f"127.0.0.1:{port}", "--master",
-                            "--processes", str(workers), "--module", "testproject.wsgi:application",
+                            "--processes", str(workers), "--module", app,
                             "--disable-logging", "--die-on-term"]  # else SIGTERM makes uWSGI 2.0 reload
     return servers
 
@@ -414,6 +448,20 @@ class Running:
             pids += kids
             frontier += kids
         return pids
+
+    def cpu_seconds(self):
+        """(user, system) CPU seconds so far of the process and its descendants (live ones: a
+        worker that exited takes its figures with it, so a measurement keeps its workers)."""
+        user = system = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()  # the name may hold spaces
+            except OSError:
+                continue
+            user, system = user + int(fields[11]), system + int(fields[12])
+        tick = os.sysconf("SC_CLK_TCK")
+        return user / tick, system / tick
 
     def worker_count(self):
         """runprefork's workers alive now, by their process titles (setproctitle)."""
@@ -625,7 +673,7 @@ def _s(value):
 def prepare_env(tmp):
     db = os.path.join(tmp, "db.sqlite3")
     env = dict(os.environ, DJANGO_DEBUG="0", TESTPROJECT_DB=db, DJANGO_SETTINGS_MODULE="testproject.settings",
-               PYTHONPATH=PROJECT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=os.pathsep.join([PROJECT, HERE, os.environ.get("PYTHONPATH", "")]))
     subprocess.run([sys.executable, os.path.join(PROJECT, "manage.py"), "migrate", "-v0"], env=env, check=True)
     return env
 
@@ -668,13 +716,16 @@ def measure_throughput(args, env, load):
     if not scenarios:
         return {}, {}, {}
     servers = server_commands(args.workers, 0)
-    running, ceiling_dir = {}, None
+    running, bare, ceiling_dir = {}, {}, None  # bare: the same servers on the bare app
     try:
         for name in servers:
             if name not in args.servers:
                 continue
             port = free_port()
             running[name] = Running(name, server_commands(args.workers, port)[name], port, env)
+            if BARE in scenarios:
+                port = free_port()
+                bare[name] = Running(name, server_commands(args.workers, port, bare=True)[name], port, env)
         if args.limit:
             ceiling_dir = tempfile.mkdtemp(prefix="prefork-ceiling-")
             os.chmod(ceiling_dir, 0o755)  # nginx's unprivileged workers read the 1 MiB file there
@@ -682,16 +733,17 @@ def measure_throughput(args, env, load):
             args.ceiling_label, cmd = ceiling_command(port, ceiling_dir)
             running[CEILING] = Running(CEILING, cmd, port, env)
         args.no_close = [name for name, server in running.items() if not says_close(server.port)]
-        for server in running.values():  # warm-up: imports, caches, the SQLite page cache
+        for server in [*running.values(), *bare.values()]:  # warm-up: imports, caches, the SQLite page cache
             for path, method in SCENARIOS.values():
                 load(f"http://127.0.0.1:{server.port}{path}", method, 1, 4)
         results, app_us = {}, {}  # (scenario, server) -> [round results]; scenario -> [µs]
         names = list(running)
         for round_no in range(args.rounds):
             if args.limit:
-                cost = measure_app_cost(env, [scenario_request(s) for s in scenarios], args.app_seconds)
+                cost = measure_app_cost(env, [scenario_request(s) for s in scenarios if s != BARE], args.app_seconds)
                 for scenario in scenarios:
-                    app_us.setdefault(scenario, []).append(cost[scenario_request(scenario)])
+                    app_us.setdefault(scenario, []).append(
+                        bare_app_cost(args.app_seconds) if scenario == BARE else cost[scenario_request(scenario)])
                 print(f"round {round_no + 1} app in-process, CPU per request: " + ", ".join(
                     f"{s} {cost[scenario_request(s)]:.1f} µs" for s in scenarios if s != OVERLOAD), flush=True)
             order = names if round_no % 2 == 0 else names[::-1]
@@ -699,8 +751,13 @@ def measure_throughput(args, env, load):
                 path, method = scenario_request(scenario)
                 connections = args.overload_connections if scenario == OVERLOAD else args.connections
                 for name in order:
-                    url = f"http://127.0.0.1:{running[name].port}{path}"
+                    server = bare[name] if scenario == BARE and name in bare else running[name]
+                    url = f"http://127.0.0.1:{server.port}{path}"
+                    before = server.cpu_seconds()
                     r = measured(load, url, method, args.duration, connections, args.wait_quiet)
+                    after = server.cpu_seconds()
+                    if r["requests"]:  # the server's processes' CPU per request answered, in µs
+                        r["cpu_us"] = [(b - a) / r["requests"] * 1e6 for a, b in zip(before, after)]
                     results.setdefault((scenario, name), []).append(r)
                     busy = f" CPUs {r['cpu_busy']:.0%} busy" if r["cpu_busy"] is not None else ""
                     print(f"round {round_no + 1} {scenario:12} {name:11} {r['rps']:9.0f} req/s "
@@ -709,7 +766,7 @@ def measure_throughput(args, env, load):
         first_200 = {name: s.first_200 for name, s in running.items() if name != CEILING}
         return results, first_200, app_us
     finally:
-        for server in running.values():
+        for server in [*running.values(), *bare.values()]:
             server.stop()
         if ceiling_dir:
             shutil.rmtree(ceiling_dir, ignore_errors=True)
@@ -807,6 +864,8 @@ def report(args, results, first_200, memory, loader, burst=None, app_us=None):
                                              "; the overload table gives wrk's raw counts." if args.overload else "."))]
     if has_limit:
         lines += [""] + limit_report(args, results, app_us)
+    if any(r.get("cpu_us") for rounds in results.values() for r in rounds):
+        lines += [""] + cpu_report(args, results, names)
     if args.scenarios:
         lines += ["", "## Latency, hello (median of rounds, ms)", "", "| server | p50 | p99 |", "|---|---|---|"]
         for name in names:
@@ -881,6 +940,36 @@ def limit_report(args, results, app_us):
         lines += ["", "The CPUs were not all busy during the ceiling's runs, so the transport CPU per request is "
                   "overstated there and the limit understated; counted from the busy CPU time instead (/proc/stat, "
                   "which counts anything else running too): " + "; ".join(idle) + "."]
+    return lines
+
+
+def cpu_report(args, results, names):
+    """The CPU each server's own processes spent per request answered, and the part of it that is the app's."""
+    columns = names + [CEILING]
+    label = {name: name for name in names} | {CEILING: f"{args.ceiling_label or 'ceiling'}"}
+
+    def per_request(scenario, name):  # (user, system) µs, medians of rounds, or None
+        cpu = [r["cpu_us"] for r in results.get((scenario, name), []) if r.get("cpu_us")]
+        return (statistics.median(u for u, _ in cpu), statistics.median(s for _, s in cpu)) if cpu else None
+
+    lines = ["## CPU per request, the server's own processes (µs, user + system, median of rounds)", "",
+             "Read from /proc for the server's process and its descendants over each measurement, divided by the "
+             "requests answered; wrk and the kernel's work on the client's side are not in it.", "",
+             "| scenario | " + " | ".join(label[c] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for scenario in args.scenarios + ([OVERLOAD] if args.overload else []):
+        cells = [f"{cpu[0]:.0f} + {cpu[1]:.0f}" if (cpu := per_request(scenario, c)) else "–" for c in columns]
+        if any(cell != "–" for cell in cells):
+            lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    if BARE in args.scenarios and "hello" in args.scenarios:
+        parts = []
+        for name in names:
+            hello, bare = per_request("hello", name), per_request(BARE, name)
+            if hello and bare:
+                parts.append(f"{name} {sum(bare):.0f} µs on its own, {sum(hello) - sum(bare):.0f} µs more with "
+                             "Django")
+        if parts:
+            lines += ["", f"On the {BARE} a server's CPU is its own; hello's minus it is Django's part as each "
+                      "server's workers pay it (cold caches between requests included): " + "; ".join(parts) + "."]
     return lines
 
 
