@@ -34,7 +34,9 @@ SERVER_SOFTWARE = f"django-prefork/{__version__}"
 _BAD_VALUE = re.compile(r"[\r\n\0]")
 # Controls other than CR and LF (counted apart), tab allowed: RFC 9110 §5.5 field values.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_BYTES = bytes(b for b in range(0x20) if b != 0x09) + b"\x7f"  # CR and LF too; tab allowed
 _NAME_KINDS = {}  # response header name: its kind, below (see _name_kind)
+_STATUSES = {}  # status line: its code (see _status_code)
 _PLAIN, _HOP_BY_HOP, _CONTENT_LENGTH, _DATE = "plain", "hop-by-hop", "content-length", "date"
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 4 * 1024 * 1024
@@ -138,14 +140,14 @@ def serve_connection(conn, client, context):
             log.exception("Error serving %s %s", environ["REQUEST_METHOD"], environ["RAW_URI"])
         if not response.head_sent:  # after it, closing the connection tells the client
             request.error = request.error or HTTPError(500, "Internal Server Error")
-    line = _request_line(environ)
     if request.error is not None and not response.head_sent:
         request.error.head_only = response.head_only
-        return answer_error(conn, request.error, context, line)
+        return answer_error(conn, request.error, context, _request_line(environ))
     if response.short_by:
-        log.warning('"%s": response body %d bytes shorter than its Content-Length', line, response.short_by)
+        log.warning('"%s": response body %d bytes shorter than its Content-Length', _request_line(environ),
+                    response.short_by)
     if context.access_log:
-        log_request(line, response.status_code, response.body_sent)
+        log_request(_request_line(environ), response.status_code, response.body_sent)
     if not request.complete or _unread_input(conn):
         linger(conn)
     return response.status_code, response.body_sent
@@ -239,12 +241,10 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        code = status[:3]
-        # A final status: 1xx cannot end a response (and 101 would switch protocols, never done here).
-        if not (type(status) is str and code.isascii() and code.isdigit() and "200" <= code <= "599"
-                and status[3:4] == " " and not _BAD_VALUE.search(status) and not _CONTROL.search(status)):
-            raise InvalidHeader(f"bad status {status!r}")
-        self.status, self.status_code, self.headers = status, int(code), headers
+        code = _STATUSES.get(status) if type(status) is str else None
+        if code is None:
+            code = _status_code(status)
+        self.status, self.status_code, self.headers = status, code, headers
         return self.write
 
     def _head(self):
@@ -280,19 +280,20 @@ class Response:
             self.chunked = True
             lines.append("Transfer-Encoding: chunked\r\n")
         lines.append("Connection: close\r\n\r\n")
-        head = "".join(lines)
-        # Response splitting: every CR and LF in the head must be one we put
-        # there (one CRLF a line, two at the end), and no NUL at all. Three
-        # counts over the whole head cost less than a regex per header value.
-        crlf = len(lines) + 1
-        if head.count("\r") != crlf or head.count("\n") != crlf or _CONTROL.search(head):
-            bad = next((n, v) for n, v in self.headers if _BAD_VALUE.search(f"{n}{v}") or _CONTROL.search(f"{n}{v}"))
-            raise InvalidHeader(f"refusing to send header {bad[0]!r}: {bad[1]!r}")
         try:
-            return head.encode("latin-1")
+            head = "".join(lines).encode("latin-1")
         except UnicodeEncodeError:
             bad = next((n, v) for n, v in self.headers if not _latin1(f"{n}{v}"))
             raise InvalidHeader(f"refusing to send header {bad[0]!r}: {bad[1]!r} is not latin-1") from None
+        # Response splitting: every CR and LF in the head must be one we put
+        # there (one CRLF a line, two at the end), and no other control at all.
+        # Deleting every control byte must remove exactly our CRLFs, and they
+        # must all still be pairs: two passes over the bytes, no regex.
+        crlf = len(lines) + 1
+        if head.count(b"\r\n") != crlf or len(head) - len(head.translate(None, _CONTROL_BYTES)) != 2 * crlf:
+            bad = next((n, v) for n, v in self.headers if _BAD_VALUE.search(f"{n}{v}") or _CONTROL.search(f"{n}{v}"))
+            raise InvalidHeader(f"refusing to send header {bad[0]!r}: {bad[1]!r}")
+        return head
 
     def write(self, data):
         """PEP 3333's write() callable, and the path every body chunk takes."""
@@ -420,6 +421,18 @@ def _warn_dropped_body(status_code):
     if status_code not in _warned_bodiless:
         _warned_bodiless.add(status_code)
         log.warning("dropped the body of a %d response: it cannot have one (RFC 9110)", status_code)
+
+
+def _status_code(status):
+    """The code of a status line, checked here once, then remembered: apps send the same few."""
+    code = status[:3] if type(status) is str else ""
+    # A final status: 1xx cannot end a response (and 101 would switch protocols, never done here).
+    if not (code.isascii() and code.isdigit() and "200" <= code <= "599" and status[3:4] == " "
+            and not _BAD_VALUE.search(status) and not _CONTROL.search(status)):
+        raise InvalidHeader(f"bad status {status!r}")
+    if len(_STATUSES) < 1024:
+        _STATUSES[status] = int(code)
+    return int(code)
 
 
 def _name_kind(name):
