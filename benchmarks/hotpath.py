@@ -1,0 +1,125 @@
+"""runprefork's own per-request path, timed in a hot loop, without sockets.
+
+    python benchmarks/hotpath.py              # the bare app: the server's own path alone
+    python benchmarks/hotpath.py --django     # testproject's /hello through the same path
+    python benchmarks/hotpath.py --profile    # then cProfile's top 25 functions by own time
+
+What benchmarks/run.py cannot show: the CPU of the Python that runs for every
+request (reading the head, the environ, the response, the scoreboard), without
+the kernel's share and without the noise of a loaded machine, so a change of a
+few hundred nanoseconds is seen. A fake connection hands `serve_connection`
+wrk's request and swallows the answer; the heartbeat and the scoreboard slot
+are real. The figure is a hot one: in the server, with Django and the kernel
+running between two requests, the same path costs about three times as much
+(docs/performance.md).
+"""
+
+import argparse
+import gc
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+REQUEST = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nConnection: close\r\n\r\n"
+
+
+class FakeConnection:
+    """A connected socket as serve_connection uses it: one request in, the answer dropped."""
+
+    family = socket.AF_INET
+
+    def __init__(self):
+        self._pair = socket.socketpair()  # a real fd, for the unread-input check (FIONREAD)
+
+    def recv(self, size, flags=0):
+        return REQUEST
+
+    def send(self, data, flags=0):
+        return len(data)
+
+    def fileno(self):
+        return self._pair[0].fileno()
+
+
+class FakeListener:
+    class sock:  # noqa: N801: stands in for a listening socket.socket
+        family = socket.AF_INET
+
+        @staticmethod
+        def setsockopt(*args):
+            pass
+
+    host, port = "127.0.0.1", "8000"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--django", action="store_true", help="serve testproject's /hello, not the bare app")
+    parser.add_argument("--profile", action="store_true", help="print cProfile's top 25 by own time")
+    parser.add_argument("--requests", type=int, default=20000, help="requests per timed run (7 runs)")
+    args = parser.parse_args()
+
+    sys.path[:0] = [REPO, os.path.join(REPO, "testproject"), HERE]
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
+    os.environ["DJANGO_DEBUG"] = "0"
+    tmp = tempfile.mkdtemp(prefix="prefork-hotpath-")
+    os.environ.setdefault("TESTPROJECT_DB", os.path.join(tmp, "db.sqlite3"))
+    import django
+
+    django.setup()
+    from django_prefork import conf, heartbeat, wsgi
+    from django_prefork.scoreboard import Scoreboard
+
+    if args.django:
+        from django.core.management import call_command
+        from django.core.wsgi import get_wsgi_application
+
+        call_command("migrate", verbosity=0)
+        app = get_wsgi_application()
+    else:
+        from bare_app import application as app
+
+    board = Scoreboard.create(tmp, 4)
+    block = board.claim_block(1)
+    beat = heartbeat.Heartbeat(tmp, board.heartbeat_record(block, 0))
+    slot = board.writer(block, 0, beat.end_request)
+    context = wsgi.WorkerContext(app, FakeListener(), conf.Config.load(), beat)
+    conn, client = FakeConnection(), ("127.0.0.1", 50000)
+
+    def one():  # what the worker's loop does for a connection, minus accept and close
+        beat.notify()
+        status, sent = wsgi.serve_connection(conn, client, context)
+        slot.end_request(status, sent)
+
+    for _ in range(2000):
+        one()
+    if context.response.status_code != 200:
+        sys.exit(f"the app answered {context.response.status_code}")
+    gc.collect()
+    gc.freeze()  # as the worker does after loading the app
+    runs = []
+    for _ in range(7):
+        started = time.process_time()
+        for _ in range(args.requests):
+            one()
+        runs.append((time.process_time() - started) / args.requests * 1e6)
+    what = "testproject /hello" if args.django else "the bare app"
+    print(f"{what}: {min(runs):.2f} µs of CPU a request (min of 7 runs; median {statistics.median(runs):.2f})")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profile = cProfile.Profile()
+        profile.runcall(lambda: [one() for _ in range(args.requests)])
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
