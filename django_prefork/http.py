@@ -489,6 +489,7 @@ class Body:
             # Content-Length: the parser is done with it; what it already
             # passed on (bytes that came with the head) is in request.body.
             self._left = (request.content_length or 0) - len(request.body)
+            request.parser = None  # never fed again: the bytes are counted here (the cycle, see _read_head)
             if self._left <= 0:
                 request.complete = True
 

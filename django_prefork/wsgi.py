@@ -251,6 +251,9 @@ class Response:
         code = self.status_code
         bodiless = code < 200 or code in (204, 304)  # RFC 9110 §6.4.1: never a body, nor its framing
         self.has_body = not (bodiless or self.head_only)
+        # From these headers alone: an app that caught our refusal of its first head
+        # and called start_response again with exc_info gets a head of its new ones.
+        self.remaining, self.chunked = None, False
         lines = [f"HTTP/1.1 {self.status}\r\n"]
         has_date = False
         for name, value in self.headers:
@@ -283,7 +286,7 @@ class Response:
         try:
             head = "".join(lines).encode("latin-1")
         except UnicodeEncodeError:
-            bad = next((n, v) for n, v in self.headers if not _latin1(f"{n}{v}"))
+            bad = next(((n, v) for n, v in self.headers if not _latin1(f"{n}{v}")), ("?", "?"))
             raise InvalidHeader(f"refusing to send header {bad[0]!r}: {bad[1]!r} is not latin-1") from None
         # Response splitting: every CR and LF in the head must be one we put
         # there (one CRLF a line, two at the end), and no other control at all.
@@ -291,7 +294,8 @@ class Response:
         # must all still be pairs: two passes over the bytes, no regex.
         crlf = len(lines) + 1
         if head.count(b"\r\n") != crlf or len(head) - len(head.translate(None, _CONTROL_BYTES)) != 2 * crlf:
-            bad = next((n, v) for n, v in self.headers if _BAD_VALUE.search(f"{n}{v}") or _CONTROL.search(f"{n}{v}"))
+            bad = next(((n, v) for n, v in self.headers if _BAD_VALUE.search(f"{n}{v}") or _CONTROL.search(f"{n}{v}")),
+                       ("?", "?"))
             raise InvalidHeader(f"refusing to send header {bad[0]!r}: {bad[1]!r}")
         return head
 
@@ -428,7 +432,7 @@ def _status_code(status):
     code = status[:3] if type(status) is str else ""
     # A final status: 1xx cannot end a response (and 101 would switch protocols, never done here).
     if not (code.isascii() and code.isdigit() and "200" <= code <= "599" and status[3:4] == " "
-            and not _BAD_VALUE.search(status) and not _CONTROL.search(status)):
+            and not _BAD_VALUE.search(status) and not _CONTROL.search(status) and _latin1(status)):
         raise InvalidHeader(f"bad status {status!r}")
     if len(_STATUSES) < 1024:
         _STATUSES[status] = int(code)

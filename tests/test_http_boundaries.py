@@ -395,11 +395,26 @@ def test_an_unknown_method_after_empty_lines_is_501(server):
 
 
 @pytest.mark.parametrize("kind", ["cl-twice-differing", "cl-negative", "cl-plus", "cl-underscore", "status-100",
-                                  "status-101", "status-099", "control-in-value", "control-in-status"])
+                                  "status-101", "status-099", "control-in-value", "control-in-status",
+                                  "status-not-latin1"])
 def test_a_response_framing_a_client_could_not_trust_is_a_500(server, kind):
     response = send(server, head(b"GET /bad-framing?" + kind.encode() + b" HTTP/1.1", b"Host: x"))
     assert status_of(response) == 500
     assert b"0123456789" not in response and b"\x1b" not in response and b"\x0b" not in response
+
+
+def test_a_status_that_is_not_latin1_is_refused_as_a_bad_status(server):
+    assert status_of(send(server, head(b"GET /bad-framing?status-not-latin1 HTTP/1.1", b"Host: x"))) == 500
+    server.wait_for("InvalidHeader: bad status '200 \u2603'")
+
+
+def test_an_app_answering_its_own_500_after_a_refused_head_gets_a_well_framed_one(server):
+    """The refused head had set chunked framing; the app's second head has a Content-Length."""
+    response = send(server, head(b"GET /retry-head HTTP/1.1", b"Host: x"))
+    events = h11_response(response)
+    assert isinstance(events[-1], h11.EndOfMessage), events
+    assert events[0].status_code == 500 and b"".join(e.data for e in events if isinstance(e, h11.Data)) == b"app error"
+    assert b"evil" not in response
 
 
 def test_the_same_length_twice_is_said_once(server):

@@ -1,13 +1,15 @@
 """Unit tests of http.py's own rules: the request target, the path, the body reader."""
 
+import gc
 import socket
+import weakref
 
 import httptools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from django_prefork.http import Body, HTTPError, Limits, Request, _feed, decode_path, split_target
+from django_prefork.http import Body, HTTPError, Limits, Request, _feed, decode_path, read_request, split_target
 
 
 @pytest.mark.parametrize(
@@ -84,5 +86,30 @@ def test_expect_continue_is_sent_on_the_first_read_only():
         assert theirs.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         assert body.read() == b""
     finally:
+        ours.close()
+        theirs.close()
+
+
+@pytest.mark.parametrize("head, later", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b""),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", b""),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", b"hello"),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhello\r\n0\r\nA: b\r\n\r\n"),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: upgrade\r\nContent-Length: 5\r\n\r\n", b"hello"),
+], ids=["GET", "length-with-head", "length-after-head", "chunked-with-trailer", "upgrade-with-length"])
+def test_a_request_read_to_its_end_leaves_no_cycle_for_the_collector(head, later):
+    """The parser holds its Request; the Request lets go of it, so refcounting frees both."""
+    ours, theirs = socket.socketpair()
+    gc.disable()
+    try:
+        theirs.sendall(head)
+        request = read_request(ours, Limits(8190, 100, 8190))
+        theirs.sendall(later)
+        assert Body(ours, request).read() == (b"hello" if b"POST" in head else b"")
+        gone = weakref.ref(request)
+        del request
+        assert gone() is None, "the request waits for the garbage collector"
+    finally:
+        gc.enable()
         ours.close()
         theirs.close()

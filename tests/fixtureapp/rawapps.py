@@ -141,6 +141,17 @@ def exc_info_before(environ, start_response):
     return [b"replaced status"]
 
 
+def retry_after_refused_head(environ, start_response):
+    """A head we refuse (a CR in a value, no Content-Length: chunked), caught by the app,
+    then start_response again with exc_info and a Content-Length: its own 500."""
+    write = start_response("200 OK", [("X-Split", "a\r\nSet-Cookie: evil=1")])
+    try:
+        write(b"never sent")
+    except ValueError:  # InvalidHeader
+        start_response("500 App Error", [("Content-Type", "text/plain"), ("Content-Length", "9")], sys.exc_info())
+    return [b"app error"]
+
+
 class Closing:
     """An iterable whose close() leaves a mark the test can find."""
 
@@ -250,6 +261,7 @@ BAD_FRAMING = {
     "status-099": ("099 Odd", []),
     "control-in-value": ("200 OK", [("X-Esc", "a\x1b[31mred")]),
     "control-in-status": ("200 O\x0bK", []),
+    "status-not-latin1": ("200 \u2603", []),
 }
 
 
@@ -270,6 +282,7 @@ ROUTES = {
     "/reject": reject_early, "/stream": stream, "/stream-big": stream_big, "/short": short, "/long": long,
     "/raise-before": raise_before, "/raise-after": raise_after, "/inject": inject, "/bad-header": bad_header, "/hop": hop,
     "/nocontent": no_content, "/write": write_callable, "/exc-info": exc_info_before,
+    "/retry-head": retry_after_refused_head,
     "/closing": closing, "/file": file, "/read-whole": read_whole, "/rss": rss, "/bodiless": bodiless,
     "/not-latin1": not_latin1, "/slow-echo": slow_echo, "/sleep": sleep, "/hog": hog,
     "/bad-framing": bad_framing, "/same-length-twice": same_length_twice, "*": echo,
