@@ -229,6 +229,39 @@ def test_garbage_and_silence_on_the_metrics_port_cost_the_master_nothing(serve):
     assert fetch(server, "/nope")[0] == 404 and fetch(server, "/metrics")[0] == 200
 
 
+def test_preforkstatus_watch_redraws_until_ctrl_c_and_says_when_the_server_is_gone(serve):
+    server = start(serve)
+    server.wait_workers(2)
+    environment = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.fixtureapp.settings",
+                       PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "testproject")]))
+    command = [sys.executable, "-m", "django", "preforkstatus", "--pid", str(server.pid), "--watch", "--interval", "0.1"]
+
+    def watch():
+        proc = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.set_blocking(proc.stdout.fileno(), False)
+        return proc
+
+    def frames(proc, seen):
+        seen += proc.stdout.read() or b""
+        return seen.count(b"\x1b[H\x1b[2J")
+
+    proc, seen = watch(), bytearray()
+    try:
+        wait_until(lambda: frames(proc, seen) >= 3, message="three frames of --watch")
+        assert b"idle" in seen and str(server.pid).encode() in seen
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0 and b"Traceback" not in proc.stderr.read()
+        proc, seen = watch(), bytearray()
+        wait_until(lambda: frames(proc, seen) >= 1, message="a first frame")
+        os.kill(server.pid, signal.SIGTERM)
+        assert proc.wait(20) == 1
+        error = proc.stderr.read().decode()
+        assert "No runprefork master answers" in error and "Traceback" not in error, error
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_preforkstatus_without_a_server_says_so_in_one_line(tmp_path):
     result = preforkstatus(env={"XDG_RUNTIME_DIR": str(tmp_path)})
     assert result.returncode == 1

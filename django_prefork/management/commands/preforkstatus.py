@@ -28,18 +28,18 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         pid = self.find_master(options["pid"], options["pidfile"])
-        while True:
-            doc = fetch_status(pid)
-            text = json.dumps(doc, indent=2) if options["json"] else render(doc)
-            if options["watch"]:
-                self.stdout.write("\x1b[H\x1b[2J" + text)
-                try:
-                    time.sleep(options["interval"])
-                except KeyboardInterrupt:
+        try:
+            while True:
+                doc = fetch_status(pid)  # once the server is gone: CommandError, one line, exit 1
+                text = json.dumps(doc, indent=2) if options["json"] else render(doc)
+                if not options["watch"]:
+                    self.stdout.write(text)
                     return
-            else:
-                self.stdout.write(text)
-                return
+                self.stdout.write("\x1b[H\x1b[2J" + text)
+                self.stdout.flush()
+                time.sleep(options["interval"])
+        except KeyboardInterrupt:
+            return  # Ctrl-C ends --watch, wherever it lands: no traceback
 
     def find_master(self, pid, path):
         if path:
