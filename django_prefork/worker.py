@@ -124,7 +124,7 @@ class SyncWorker:
         set_io_timeout(conn, ANSWER_TIMEOUT)
         age = time.monotonic() - current[1]
         body = f"500 Internal Server Error: the request timed out after {age:.0f} s\n".encode()
-        answer = Response(conn, response.head_only, response.http11)
+        answer = Response(conn, response.head_only, response.http11, io_timeout=ANSWER_TIMEOUT)
         answer.start_response("500 Internal Server Error", [
             ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
         ])

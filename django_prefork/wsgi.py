@@ -10,6 +10,7 @@ import fcntl
 import logging
 import os
 import re
+import select
 import socket
 import sys
 import termios
@@ -220,7 +221,7 @@ class Response:
         self.head_only = head_only
         self.http11 = http11
         self.deadline = deadline  # a callable: the monotonic time the response must be out by (the watchdog's)
-        self.io_timeout = io_timeout  # the connection's SO_SNDTIMEO: the client timeout
+        self.io_timeout = io_timeout  # the longest the client may read nothing: the client timeout (0 = no limit)
         self.sends = 0
         self.status = None
         self.status_code = 0
@@ -335,30 +336,57 @@ class Response:
                 self._send(data)
 
     def _send(self, data):
-        # send(), not sendall(): a blocking send returns short only when its
-        # SO_SNDTIMEO budget ran out, and between two calls the deadline is
-        # checked, so a client reading a byte a second cannot hold the worker
-        # until the watchdog kills it. The common case is one call.
+        # Non-blocking sends, and poll() for room when the client's buffers are
+        # full: each wait is bounded by the client timeout and the deadline. A
+        # blocking send bounded by SO_SNDTIMEO was not enough: on a loaded
+        # machine one was seen to block past its 2 s for more than 5, until the
+        # watchdog killed the worker. The common small response is one call.
+        sent = 0
         try:
             if self.sends:
-                self._before_next_send()
+                self._check_deadline()
             self.sends += 1
-            sent = self.conn.send(data)
-            while sent < len(data):
-                self._before_next_send()
-                sent += self.conn.send(memoryview(data)[sent:])
+            while True:
+                try:
+                    sent += self.conn.send(memoryview(data)[sent:] if sent else data, _DONTWAIT)
+                except BlockingIOError:
+                    pass  # not a byte of room yet
+                if sent >= len(data):
+                    return
+                self._wait_for_room()
         except OSError as exc:
             raise ClientDisconnected(str(exc)) from exc
 
-    def _before_next_send(self):
+    def _check_deadline(self):
+        """Seconds left before the response must be out (None: no deadline); past it, give up."""
         deadline = self.deadline() if self.deadline is not None else None
         if deadline is None:
-            return
+            return None
         left = deadline - time.monotonic()
         if left <= 0:
             raise ClientDisconnected("the client read the response too slowly for PREFORK_TIMEOUT")
-        if left < self.io_timeout:
-            set_io_timeout(self.conn, left)  # a syscall, only this close to the deadline
+        return left
+
+    def _wait_for_room(self):
+        """Until the client has read enough for more to go out. A client that reads,
+        however slowly, may take until the deadline (the watchdog's, less its
+        notice); one that reads nothing for the client timeout is given up."""
+        poller = select.poll()
+        poller.register(self.conn, select.POLLOUT)
+        heard, unacked = time.monotonic(), _unacked(self.conn)
+        while True:
+            left = self._check_deadline()
+            silent = time.monotonic() - heard
+            if self.io_timeout and silent >= self.io_timeout:
+                raise ClientDisconnected(f"the client read nothing for {self.io_timeout:g} s")
+            # POLLOUT waits for much of the buffer to drain: look for progress meanwhile.
+            wait = min(w for w in (left, self.io_timeout - silent if self.io_timeout else None, _PROGRESS_LOOK)
+                       if w is not None)
+            if poller.poll(wait * 1000):
+                return
+            now_unacked = _unacked(self.conn)
+            if now_unacked is not None and unacked is not None and now_unacked < unacked:
+                heard, unacked = time.monotonic(), now_unacked  # it read (and acknowledged) some
 
     def send(self, result):
         """Send the app's iterable; only a body sent to its end gets the last chunk."""
@@ -390,19 +418,26 @@ class Response:
         except (AttributeError, OSError):
             offset = 0
         out, src = self.conn.fileno(), filelike.fileno()
-        while self.remaining is None or self.remaining > 0:
-            self._before_next_send()
-            count = SENDFILE_CHUNK if self.remaining is None else min(self.remaining, SENDFILE_CHUNK)
-            try:
-                sent = os.sendfile(out, src, offset, count)
-            except OSError as exc:
-                raise ClientDisconnected(str(exc)) from exc
-            if not sent:
-                break  # end of file
-            offset += sent
-            self.body_sent += sent
-            if self.remaining is not None:
-                self.remaining -= sent
+        os.set_blocking(out, False)  # as _send: waits in poll(), bounded (sendfile has no MSG_DONTWAIT)
+        try:
+            while self.remaining is None or self.remaining > 0:
+                self._check_deadline()
+                count = SENDFILE_CHUNK if self.remaining is None else min(self.remaining, SENDFILE_CHUNK)
+                try:
+                    sent = os.sendfile(out, src, offset, count)
+                except BlockingIOError:
+                    self._wait_for_room()
+                    continue
+                except OSError as exc:
+                    raise ClientDisconnected(str(exc)) from exc
+                if not sent:
+                    break  # end of file
+                offset += sent
+                self.body_sent += sent
+                if self.remaining is not None:
+                    self.remaining -= sent
+        finally:
+            os.set_blocking(out, True)
 
 
 def _has_length(headers):
@@ -472,7 +507,7 @@ def http_date():
 def answer_error(conn, exc, context, request_line):
     """The server's own answer (4xx, 5xx), through the same Response as the app's."""
     body = f"{exc.status} {exc.reason}\n".encode("latin-1", "replace")
-    response = Response(conn, head_only=exc.head_only, http11=True)
+    response = Response(conn, head_only=exc.head_only, http11=True, io_timeout=context.client_timeout)
     response.start_response(
         f"{exc.status} {reason_phrase(exc.status)}",
         [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
@@ -494,6 +529,18 @@ def answer_error(conn, exc, context, request_line):
 
 _UNREAD = bytearray(4)
 _NONE = bytes(4)
+_PROGRESS_LOOK = 0.5  # seconds between two looks at a slow reader's progress
+_DONTWAIT = socket.MSG_DONTWAIT
+_OUTQ = bytearray(4)
+
+
+def _unacked(conn):
+    """Bytes sent on `conn` the client has not acknowledged yet (Linux SIOCOUTQ); None elsewhere."""
+    try:
+        fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, _OUTQ)
+    except (AttributeError, OSError):
+        return None
+    return int.from_bytes(_OUTQ, sys.byteorder)
 
 
 def _unread_input(conn):

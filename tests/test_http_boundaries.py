@@ -462,6 +462,26 @@ def test_a_body_too_slow_for_the_timeout_is_408_not_a_kill(serve):
     assert server.worker_pids() == [worker] and "timed out" not in server.output
 
 
+def test_a_client_that_reads_nothing_is_given_up_after_the_client_timeout(serve):
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 30, "PREFORK_CLIENT_TIMEOUT": 2,
+                             "WSGI_APPLICATION": RAW_APPS})
+    (worker,) = server.wait_workers(1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    try:
+        started = time.monotonic()
+        sock.sendall(head(b"GET /stream-big HTTP/1.1", b"Host: x"))  # 16 MB, and we read none of it
+        time.sleep(0.5)
+        status, _ = server.get("/rss", timeout=15)
+        after = time.monotonic() - started
+    finally:
+        sock.close()
+    # Given up after 2 s of silence, long before the deadline (28 s).
+    assert status == 200 and 1.5 < after < 4, after
+    assert server.worker_pids() == [worker] and "timed out" not in server.output
+
+
 def test_a_slow_reader_is_cut_off_before_the_watchdog(serve):
     server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 5, "PREFORK_CLIENT_TIMEOUT": 2,
                              "WSGI_APPLICATION": RAW_APPS})
