@@ -10,7 +10,7 @@ the kernel's share and without the noise of a loaded machine, so a change of a
 few hundred nanoseconds is seen. A fake connection hands `serve_connection`
 wrk's request and swallows the answer; the heartbeat and the scoreboard slot
 are real. The figure is a hot one: in the server, with Django and the kernel
-running between two requests, the same path costs about three times as much
+running between two requests, the same path costs twice as much or more
 (docs/performance.md).
 """
 
