@@ -340,6 +340,16 @@ def test_access_log_lines(server):
     server.wait_for(r'\] "-" 400 \d+')
 
 
+def test_a_big_streamed_response_read_at_full_speed_arrives_whole_twice(server):
+    """16 MiB through non-blocking sends: the buffers fill, the worker waits for room, all of it arrives."""
+    before = worker_pid(server)
+    for _ in range(2):
+        head_, body = split(response_of(server, b"/stream-big"))
+        assert head_.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in head_
+        assert body == b"x" * (16 << 20)  # split() has taken the chunks apart, and checked the last one
+    assert worker_pid(server) == before
+
+
 def test_a_client_hanging_up_mid_response_is_no_error(server):
     before = worker_pid(server)
     for _ in range(5):
