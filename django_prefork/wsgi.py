@@ -411,8 +411,8 @@ class Response:
             self.short_by = self.remaining
 
     def _sendfile(self, filelike):
-        # Our own loop: socket.sendfile() would wait in select() without a
-        # timeout when SO_SNDTIMEO runs out on a blocking socket.
+        # Our own loop, not socket.sendfile(): its waits would know neither
+        # the client timeout nor the deadline; ours are _wait_for_room's.
         try:
             offset = filelike.tell()
         except (AttributeError, OSError):

@@ -462,13 +462,19 @@ def test_a_body_too_slow_for_the_timeout_is_408_not_a_kill(serve):
     assert server.worker_pids() == [worker] and "timed out" not in server.output
 
 
-def test_a_client_that_reads_nothing_is_given_up_after_the_client_timeout(serve):
-    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 30, "PREFORK_CLIENT_TIMEOUT": 2,
+def one_worker_and_a_small_window(serve, timeout):
+    """A one-worker server (client timeout 2 s) and a connection to it with a 4 KiB receive buffer."""
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": timeout, "PREFORK_CLIENT_TIMEOUT": 2,
                              "WSGI_APPLICATION": RAW_APPS})
     (worker,) = server.wait_workers(1)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.port))
+    return server, worker, sock
+
+
+def test_a_client_that_reads_nothing_is_given_up_after_the_client_timeout(serve):
+    server, worker, sock = one_worker_and_a_small_window(serve, timeout=30)
     try:
         started = time.monotonic()
         sock.sendall(head(b"GET /stream-big HTTP/1.1", b"Host: x"))  # 16 MB, and we read none of it
@@ -483,12 +489,7 @@ def test_a_client_that_reads_nothing_is_given_up_after_the_client_timeout(serve)
 
 
 def test_a_slow_reader_is_cut_off_before_the_watchdog(serve):
-    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 5, "PREFORK_CLIENT_TIMEOUT": 2,
-                             "WSGI_APPLICATION": RAW_APPS})
-    (worker,) = server.wait_workers(1)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", server.port))
+    server, worker, sock = one_worker_and_a_small_window(serve, timeout=5)
     started = time.monotonic()
     answered = {}
 
