@@ -15,6 +15,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BANNER_URL = re.compile(r"Starting prefork server at (\S+)")
 BANNER_PID = re.compile(r"Master pid (\d+): (\d+) sync worker")
+METRICS_AT = re.compile(r"metrics at (http://\S+):(\d+)/metrics")
 EXIT_WAIT = 20  # seconds a server that fails to start may take to say why and exit
 
 
@@ -28,6 +29,12 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+def metrics_url(server, timeout=10):
+    """The address a server with PREFORK_METRICS on port 0 bound, as its master logs it."""
+    match = server.wait_for(METRICS_AT, timeout)
+    return f"{match.group(1)}:{match.group(2)}"
 
 
 def children(pid):

@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from .helpers import REPO, Server, wait_until
+from .helpers import REPO, Server, metrics_url, wait_until
 
 PROMETHEUS = shutil.which("prometheus") or next(
     (p for p in ("/usr/bin/prometheus", "/usr/sbin/prometheus") if os.path.exists(p)), None)
@@ -76,12 +76,12 @@ def http_get(port, path, timeout=5):
 
 @pytest.fixture(scope="module")
 def server():
-    """runprefork with two workers and PREFORK_METRICS on a free port; `server.metrics_port`."""
-    port = free_port()
-    srv = Server(settings={"PREFORK_METRICS": f"127.0.0.1:{port}", "PREFORK_WORKERS": 2})
-    srv.metrics_port = port
+    """runprefork with two workers and PREFORK_METRICS on a port of the kernel's choosing;
+    `server.metrics_port`."""
+    srv = Server(settings={"PREFORK_METRICS": "127.0.0.1:0", "PREFORK_WORKERS": 2})
     try:
         srv.start()
+        port = srv.metrics_port = int(metrics_url(srv).rsplit(":", 1)[1])
         srv.wait_workers(2)
         wait_until(lambda: http_get(port, "/healthz")[0] == 200, timeout=10,
                    message=f"/healthz to say 200 (output:\n{srv.output})")
