@@ -230,7 +230,11 @@ def test_preforkstatus_watch_redraws_until_ctrl_c_and_says_when_the_server_is_go
     server.wait_workers(2)
     environment = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.fixtureapp.settings",
                        PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "testproject")]))
-    command = [sys.executable, "-m", "django", "preforkstatus", "--pid", str(server.pid), "--watch", "--interval", "0.1"]
+    # A Python started with SIGINT ignored (a shell script's background job, as a suite run
+    # with `&` is) keeps ignoring it, and so, rightly, does the command. Start it as from a terminal.
+    command = [sys.executable, "-c", "import signal, sys, runpy; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "sys.argv[0] = 'django'; runpy.run_module('django', run_name='__main__')",
+               "preforkstatus", "--pid", str(server.pid), "--watch", "--interval", "0.1"]
 
     def watch():
         proc = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -241,16 +245,22 @@ def test_preforkstatus_watch_redraws_until_ctrl_c_and_says_when_the_server_is_go
         seen += proc.stdout.read() or b""
         return seen.count(b"\x1b[H\x1b[2J")
 
+    def exited(proc, seen):
+        frames(proc, seen)  # read on while it runs: a full pipe would hold it in write()
+        return proc.poll() is not None
+
     proc, seen = watch(), bytearray()
     try:
         wait_until(lambda: frames(proc, seen) >= 3, message="three frames of --watch")
         assert b"idle" in seen and str(server.pid).encode() in seen
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0 and b"Traceback" not in proc.stderr.read()
+        wait_until(lambda: exited(proc, seen), message="--watch to end on Ctrl-C")
+        assert proc.returncode == 0 and b"Traceback" not in proc.stderr.read()
         proc, seen = watch(), bytearray()
         wait_until(lambda: frames(proc, seen) >= 1, message="a first frame")
         os.kill(server.pid, signal.SIGTERM)
-        assert proc.wait(20) == 1
+        wait_until(lambda: exited(proc, seen), timeout=20, message="--watch to end with the server")
+        assert proc.returncode == 1
         error = proc.stderr.read().decode()
         assert "No runprefork master answers" in error and "Traceback" not in error, error
     finally:
