@@ -70,12 +70,15 @@ def set_io_timeout(sock, seconds):
 
 
 def listen_queue(sock):
-    """(connections waiting, backlog) of a listening TCP socket, from the kernel; None where it cannot say.
+    """(connections waiting, backlog) of a listening socket, from the kernel; None where it cannot say.
 
-    Linux's tcp_info for a listener: tcpi_unacked is its accept queue's
-    length, tcpi_sacked the backlog. Unix sockets and other systems: None,
+    Linux's tcp_info for a TCP listener: tcpi_unacked is its accept queue's
+    length, tcpi_sacked the backlog. A unix listener has no tcp_info; the
+    kernel tells sock_diag instead (_unix_listen_queue). Other systems: None,
     never a made-up 0.
     """
+    if sock.family == socket.AF_UNIX:
+        return _unix_listen_queue(sock)
     if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
         return None
     try:
@@ -83,6 +86,52 @@ def listen_queue(sock):
         return struct.unpack_from("II", info, 24)
     except (OSError, struct.error):
         return None
+
+
+# sock_diag(7) and <linux/unix_diag.h>: what `ss -xl` asks to show a unix
+# listener's Recv-Q (connections waiting) and Send-Q (backlog).
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_TCP_LISTEN = 10
+_UDIAG_SHOW_RQLEN = 0x10
+_UNIX_DIAG_RQLEN = 4
+_NO_COOKIE = 0xFFFFFFFF
+_NLM_F_REQUEST = 1
+_NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+_UNIX_DIAG_REQ = struct.Struct("=BBxxIIIII")  # family, protocol, states, inode, show, cookie
+_UNIX_DIAG_MSG_SIZE = 16
+_RTATTR = struct.Struct("=HH")  # length, type
+
+
+def _unix_listen_queue(sock):
+    """(connections waiting, backlog) of a listening unix socket, asked of sock_diag by its inode."""
+    if not hasattr(socket, "AF_NETLINK"):
+        return None
+    request = _UNIX_DIAG_REQ.pack(socket.AF_UNIX, 0, 1 << _TCP_LISTEN, os.fstat(sock.fileno()).st_ino,
+                                  _UDIAG_SHOW_RQLEN, _NO_COOKIE, _NO_COOKIE)
+    header = _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
+    try:
+        # ENOENT and the like (no unix_diag in this kernel, netlink filtered out) come back as OSError.
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as netlink:
+            netlink.settimeout(1)
+            netlink.send(header + request)
+            reply = netlink.recv(4096)
+        length, kind = _NLMSG_HEADER.unpack_from(reply)[:2]
+        if kind != _SOCK_DIAG_BY_FAMILY:
+            return None  # NLMSG_ERROR: no such socket, or the kernel will not say
+        if reply[_NLMSG_HEADER.size + 2] != _TCP_LISTEN:  # unix_diag_msg's state
+            return None  # not listening: it has no accept queue
+        offset = _NLMSG_HEADER.size + _UNIX_DIAG_MSG_SIZE
+        while offset + _RTATTR.size <= min(length, len(reply)):
+            size, attribute = _RTATTR.unpack_from(reply, offset)
+            if size < _RTATTR.size:
+                return None
+            if attribute == _UNIX_DIAG_RQLEN:
+                return struct.unpack_from("=II", reply, offset + _RTATTR.size)
+            offset += (size + 3) & ~3
+    except (OSError, struct.error, IndexError):  # IndexError: a reply cut short
+        return None
+    return None
 
 
 def waiting_connections(listeners):
@@ -99,18 +148,11 @@ def waiting_connections(listeners):
 def queued_connections(listeners, fallback):
     """Connections waiting in the listen queues now: what a TERM still serves.
 
-    Linux reports a TCP listener's accept queue length in tcp_info's
-    tcpi_unacked; elsewhere (and for unix sockets) take `fallback` and let
-    EAGAIN say when the queue is empty.
+    Where the kernel cannot count them (listen_queue says None), take
+    `fallback` and let EAGAIN say when the queue is empty.
     """
-    total = 0
-    for listener in listeners:
-        try:
-            info = listener.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-            total += struct.unpack_from("I", info, 24)[0]
-        except (OSError, AttributeError, struct.error):
-            return fallback
-    return total
+    total = waiting_connections(listeners)
+    return fallback if total is None else total
 
 
 def _defer_accept(sock, seconds):

@@ -24,8 +24,11 @@ def test_preloaded_workers_share_the_app_memory(serve):
     assert memory["Shared_Clean"] + memory["Shared_Dirty"] > 10 * 1024, memory  # KiB
 
 
-def test_term_drains_the_queued_requests(serve):
-    server = serve(settings={"PREFORK_WORKERS": 2})
+@pytest.mark.parametrize("listener", ["tcp", "unix"])
+def test_term_drains_the_queued_requests(serve, listener, tmp_path):
+    # Each worker takes as many more as the kernel counts waiting (sockets.queued_connections).
+    addr = f"unix:{tmp_path}/app.sock" if listener == "unix" else "127.0.0.1:0"
+    server = serve(settings={"PREFORK_WORKERS": 2}, addr=addr)
     server.wait_workers(2)
     results, threads = [], []
     for _ in range(8):

@@ -4,6 +4,7 @@ Each test starts a real server with PREFORK_METRICS on a free port and reads
 what the master says while workers are busy, die, recycle and reload.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -22,12 +23,12 @@ from .helpers import REPO, alive, metrics_url, receive_all, wait_until
 RAW_APPS = "tests.fixtureapp.rawapps.application"
 
 
-def start(serve, *args, env=None, serving=True, **settings):
+def start(serve, *args, env=None, serving=True, addr="127.0.0.1:0", **settings):
     """A server with PREFORK_METRICS on a port of the kernel's choosing; by default, once its
     first generation serves. `server.metrics_url` is read from what the master logs: a port
     picked here and bound there could be taken in between."""
     settings = {"PREFORK_WORKERS": 2, "PREFORK_METRICS": "127.0.0.1:0", **settings}
-    server = serve(*args, settings=settings, env=env)
+    server = serve(*args, settings=settings, env=env, addr=addr)
     server.metrics_url = metrics_url(server)
     if serving:
         wait_until(lambda: healthz(server) == 200, timeout=20,
@@ -67,14 +68,14 @@ def requests_total(samples):
     return sum(v for k, v in samples.items() if k.startswith("prefork_requests_total,"))
 
 
-def hold(server, path, count):
-    """Open `count` connections sending GET `path`; return them (close to let go)."""
-    socks = []
-    for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        socks.append(sock)
-    return socks
+@contextlib.contextmanager
+def holding(server, path, count):
+    """`count` connections sending GET `path`, held open for the with block."""
+    with contextlib.ExitStack() as stack:
+        for _ in range(count):
+            sock = stack.enter_context(server.connect(timeout=30))
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        yield
 
 
 def preforkstatus(*args, env=None):
@@ -87,11 +88,9 @@ def preforkstatus(*args, env=None):
 def test_busy_workers_and_the_queue_are_seen_while_every_worker_is_held(serve):
     server = start(serve)
     server.wait_workers(2)
-    busy = hold(server, "/slow?s=8", 2)
-    try:
+    with holding(server, "/slow?s=8", 2):
         wait_until(lambda: metrics(server).get("prefork_workers_busy") == 2, message="both workers busy")
-        queued = hold(server, "/pid", 5)
-        try:
+        with holding(server, "/pid", 5):
             def five_waiting():
                 value = metrics(server).get(f"prefork_queued_connections,listener=http://127.0.0.1:{server.port}/")
                 return value is not None and abs(value - 5) <= 1
@@ -112,12 +111,22 @@ def test_busy_workers_and_the_queue_are_seen_while_every_worker_is_held(serve):
             assert "GET /slow?s=8" in table.stdout and "waiting in the listen queue" in table.stdout
             os.kill(server.pid, signal.SIGTTIN)
             wait_until(lambda: metrics(server).get("prefork_workers") == 3, message="a third worker")
-        finally:
-            for sock in queued:
-                sock.close()
-    finally:
-        for sock in busy:
-            sock.close()
+
+
+def test_the_queue_of_a_unix_listener_is_counted_too(serve, tmp_path):
+    # A unix socket has no tcp_info: the count comes from sock_diag, as `ss -xl` gets it.
+    server = start(serve, addr=f"unix:{tmp_path}/app.sock")
+    server.wait_workers(2)
+    samples = metrics(server)
+    assert samples[f"prefork_queued_connections,listener={server.url}"] == 0
+    assert samples[f"prefork_listen_backlog,listener={server.url}"] == 2048
+    with holding(server, "/slow?s=8", 2):
+        wait_until(lambda: metrics(server).get("prefork_workers_busy") == 2, message="both workers busy")
+        with holding(server, "/pid", 5):
+            wait_until(lambda: metrics(server).get(f"prefork_queued_connections,listener={server.url}") == 5,
+                       message="5 connections in the unix listener's queue")
+            table = preforkstatus("--pid", str(server.pid))
+            assert f"{server.url}: 5 waiting in the listen queue" in table.stdout, table.stdout
 
 
 def _timed(fn, *args):
@@ -190,12 +199,9 @@ def test_healthz_is_503_while_booting_and_stopping_and_200_through_a_reload(serv
         time.sleep(0.05)
     server.wait_for(r"generation 2 \(pid \d+\) serving", timeout=30)
     assert statuses and set(statuses) == {200}, statuses
-    holder = hold(server, "/slow-echo", 1)  # a request in hand keeps the stop going a little
-    try:
+    with holding(server, "/slow-echo", 1):  # a request in hand keeps the stop going a little
         os.kill(server.pid, signal.SIGTERM)
         wait_until(lambda: _healthz_or_gone(server) in (503, None), message="/healthz 503 while stopping")
-    finally:
-        holder[0].close()
     assert server.proc.wait(15) == 0
 
 
