@@ -41,6 +41,8 @@ _STATUSES = {}  # status line: its code (see _status_code)
 _PLAIN, _HOP_BY_HOP, _CONTENT_LENGTH, _DATE = "plain", "hop-by-hop", "content-length", "date"
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 4 * 1024 * 1024
+_PROGRESS_LOOK = 0.5  # seconds between two looks at a slow reader's progress
+_DONTWAIT = socket.MSG_DONTWAIT
 SENDFILE_CHUNK = 1 << 30
 
 
@@ -525,12 +527,8 @@ def answer_error(conn, exc, context, request_line):
     return exc.status, response.body_sent
 
 
-
-
 _UNREAD = bytearray(4)
 _NONE = bytes(4)
-_PROGRESS_LOOK = 0.5  # seconds between two looks at a slow reader's progress
-_DONTWAIT = socket.MSG_DONTWAIT
 _OUTQ = bytearray(4)
 
 
