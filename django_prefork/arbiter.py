@@ -60,6 +60,10 @@ class GenerationSpec:
     block: int = -1  # this generation's block in it; -1: none free
     start_count: int = 0  # workers to start with: the count the serving generation had scaled to
     terminal: list = None  # the terminal's settings as the master found them (terminal.py)
+    # The master's command-line values and PREFORK_* environment variables: a
+    # reloaded generation re-reads settings.py only (conf.resolve's order).
+    overrides: dict = dataclasses.field(default_factory=dict)
+    environment: dict = dataclasses.field(default_factory=dict)
 
     def to_environ(self, environ):
         return dict(environ, **{self.ENV: json.dumps(dataclasses.asdict(self))})

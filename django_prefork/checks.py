@@ -1,4 +1,9 @@
-"""System checks: a bad PREFORK_* setting stops `check` and `runprefork` with an id."""
+"""System checks: a bad PREFORK_* setting stops `check` and `runprefork` with an id.
+
+They see what the server would run with (conf.resolve(): the environment
+over settings.py), so a bad environment variable fails like a bad setting,
+its hint naming the variable.
+"""
 
 from django.core import checks
 
@@ -6,25 +11,27 @@ from . import conf
 
 
 def check_settings(app_configs=None, **kwargs):
-    errors = []
-    for setting, value in conf.problems():
-        default = setting.default_value()
-        errors.append(
-            checks.Error(
-                conf.describe(setting, value),
-                hint=f"Set {setting.name} to {setting.valid.wants}, or remove it "
-                f"to use the default ({default!r}).",
-                id=setting.check_id,
-            )
-        )
-    return errors or _cross_checks() or _warnings()  # a warning about an invalid value would only add noise
+    errors = [
+        checks.Error(conf.describe(setting, value, source), hint=_hint(setting, source), id=setting.check_id)
+        for setting, value, source in conf.problems()
+    ]
+    if errors:
+        return errors  # a warning about an invalid value would only add noise
+    values = {name: found.value for name, found in conf.resolve().items()}
+    return _cross_checks(values) or _warnings(values) + _unknown_names()
 
 
-def _cross_checks():
-    from django.conf import settings
+def _hint(setting, source):
+    default = setting.default_value()
+    if source == conf.ENVIRONMENT:
+        return (f"Set the environment variable {setting.name} to {setting.valid.wants} (written as text; "
+                f'"none" for None), or unset it to use settings.py\'s value or the default ({default!r}).')
+    return f"Set {setting.name} to {setting.valid.wants}, or remove it to use the default ({default!r})."
 
-    workers = getattr(settings, "PREFORK_WORKERS", None) or conf.usable_cpus()
-    ceiling = getattr(settings, "PREFORK_MAX_WORKERS", None)
+
+def _cross_checks(values):
+    workers = values["PREFORK_WORKERS"]
+    ceiling = values["PREFORK_MAX_WORKERS"]
     if ceiling is not None and ceiling < workers:
         return [checks.Error(
             f"PREFORK_MAX_WORKERS ({ceiling}) is below PREFORK_WORKERS ({workers}).",
@@ -34,7 +41,7 @@ def _cross_checks():
         )]
     from .metrics import prometheus_available
 
-    if getattr(settings, "PREFORK_METRICS", None) and not prometheus_available():
+    if values["PREFORK_METRICS"] and not prometheus_available():
         return [checks.Error(
             "PREFORK_METRICS is set, and prometheus_client, which writes /metrics, is not installed.",
             hint="pip install 'django-prefork[metrics]' (or prometheus_client), or remove PREFORK_METRICS.",
@@ -43,13 +50,9 @@ def _cross_checks():
     return []
 
 
-def _warnings():
-    from django.conf import settings
-
+def _warnings(values):
     found = []
-    if getattr(settings, "PREFORK_MAX_REQUESTS_JITTER", 0) and not getattr(
-        settings, "PREFORK_MAX_REQUESTS", 0
-    ):
+    if values["PREFORK_MAX_REQUESTS_JITTER"] and not values["PREFORK_MAX_REQUESTS"]:
         found.append(
             checks.Warning(
                 "PREFORK_MAX_REQUESTS_JITTER has no effect while PREFORK_MAX_REQUESTS is 0.",
@@ -57,4 +60,17 @@ def _warnings():
                 id="prefork.W001",
             )
         )
+    return found
+
+
+def _unknown_names():
+    """A PREFORK_* name that is no setting: most likely a typo, silently ignored otherwise."""
+    found = []
+    for name, where, nearest in conf.unknown_names():
+        guess = f"did you mean {nearest}?" if nearest else "it is not a setting of django-prefork."
+        found.append(checks.Warning(
+            f"{name} in {where} is not a django-prefork setting; {guess}",
+            hint="Names and meanings of the settings: the Settings section of django-prefork's README.",
+            id="prefork.W002",
+        ))
     return found

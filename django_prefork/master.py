@@ -122,6 +122,7 @@ class Master(Supervisor):
         self.report = Report(self)
         self.status = StatusChannel(self.render_status)
         self.project = None  # set by the command: which project this server serves, for preforkstatus
+        self.overrides, self.environment = {}, {}  # set by the command: its PREFORK_* flags and variables
 
     def __str__(self):
         return "master"
@@ -294,7 +295,7 @@ class Master(Supervisor):
             scaled_to = self.scoreboard.capacity(serving.block)["target"]
         spec = GenerationSpec(self.last_number, ready_w, fds, self.worker_count, terminal=terminal,
                               scoreboard_fd=self.scoreboard.fd, block=-1 if block is None else block,
-                              start_count=scaled_to)
+                              start_count=scaled_to, overrides=self.overrides, environment=self.environment)
         return spec, ready_r
 
     def reload(self, why):

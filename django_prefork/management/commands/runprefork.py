@@ -27,17 +27,6 @@ from django_prefork.master import Master
 from django_prefork.status import project_id
 from django_prefork.supervisor import HaltServer
 
-# Command-line options and the settings they override.
-OVERRIDES = {
-    "workers": "PREFORK_WORKERS",
-    "timeout": "PREFORK_TIMEOUT",
-    "graceful_timeout": "PREFORK_GRACEFUL_TIMEOUT",
-    "max_requests": "PREFORK_MAX_REQUESTS",
-    "max_requests_jitter": "PREFORK_MAX_REQUESTS_JITTER",
-    "preload": "PREFORK_PRELOAD_APP",
-    "use_reloader": "PREFORK_RELOAD",
-}
-
 
 class PreforkServer:
     """The server_cls protocol of basehttp.run(): bind now, serve on serve_forever()."""
@@ -53,6 +42,30 @@ class PreforkServer:
 
     def serve_forever(self):
         self.command.run_master(self.listeners, self.load_app)
+
+
+def add_setting_options(parser):
+    """The options that override a setting, made from conf.SETTINGS: its flags, type and help."""
+    for setting in conf.SETTINGS:
+        if not setting.flags:
+            continue
+        help_text = f"{setting.help.rstrip('.')} ({setting.name})."
+        if setting.valid.option is bool:
+            parser.add_argument(*setting.flags, action="store_true", default=None, dest=_dest(setting),
+                                help=help_text)
+        else:
+            metavar = "S" if setting.valid.option is float else "N"
+            parser.add_argument(*setting.flags, type=setting.valid.option, dest=_dest(setting), metavar=metavar,
+                                help=help_text)
+
+
+def _dest(setting):
+    return setting.dest or setting.flags[-1].lstrip("-").replace("-", "_")
+
+
+def command_line_overrides(options):
+    """{setting name: value} for the options given; conf.resolve() drops the ones left None."""
+    return {setting.name: options.get(_dest(setting)) for setting in conf.SETTINGS if setting.flags}
 
 
 def _remove_option(parser, option):
@@ -73,25 +86,15 @@ class Command(StaticfilesRunserver):
     def add_arguments(self, parser):
         super().add_arguments(parser)
         _remove_option(parser, "--nothreading")  # one thread a worker, always: it would mean nothing
-        parser.add_argument("-w", "--workers", type=int, help="Worker processes (PREFORK_WORKERS).")
-        parser.add_argument(
-            "--timeout", type=float,
-            help="Seconds a request may run (a worker stay silent) before it is killed; 0 = never (PREFORK_TIMEOUT).",
-        )
-        parser.add_argument(
-            "--graceful-timeout", type=float,
-            help="Seconds workers get to finish on TERM (PREFORK_GRACEFUL_TIMEOUT).",
-        )
-        parser.add_argument("--max-requests", type=int, help="Recycle a worker after N requests.")
-        parser.add_argument("--max-requests-jitter", type=int, help="Add randint(0, N) to --max-requests.")
-        parser.add_argument(
-            "--preload", action="store_true", default=None, help="Load the app before forking workers."
-        )
-        parser.add_argument(
-            "--reload", action="store_true", dest="use_reloader",
-            help="Reload on code changes (default: on when DEBUG).",
-        )
+        addrport = next(action for action in parser._actions if action.dest == "addrport")
+        addrport.help = "Optional port number, ipaddr:port, or unix:/path/to/app.sock (a unix socket)."
+        add_setting_options(parser)
         parser.add_argument("--pidfile", help="Write the master's pid (the one to signal) to this file.")
+        parser.add_argument(
+            "--print-config", action="store_true",
+            help="Print every PREFORK_* setting's value and where it came from (default, settings, "
+            "environment, command line), then exit.",
+        )
         # runserver's --noreload stores False; absent, let PREFORK_RELOAD decide.
         parser.set_defaults(use_reloader=None)
 
@@ -104,16 +107,17 @@ class Command(StaticfilesRunserver):
         return super().execute(*args, **options)
 
     def handle(self, *args, **options):
-        self.overrides = {
-            setting: options[option] for option, setting in OVERRIDES.items() if options.get(option) is not None
-        }
         spec = GenerationSpec.pop_from_environ()
         if spec:
             return self.run_reloaded_generation(spec, options)
-        for setting, value in conf.problems(self.overrides):
-            if setting.name in self.overrides:
-                option = next(o for o, s in OVERRIDES.items() if s == setting.name)
-                raise CommandError(f"--{option.replace('_', '-')} {value}: it must be {setting.valid.wants}.")
+        self.overrides = command_line_overrides(options)
+        for setting, value, source in conf.problems(self.overrides):
+            if source == conf.COMMAND_LINE:
+                raise CommandError(f"{setting.flags[-1]} {value}: it must be {setting.valid.wants}.")
+        if options["print_config"]:
+            config = load_config(self.overrides)  # a bad setting: its CommandError, not a listing
+            self.stdout.write(conf.render(config, conf.resolve(self.overrides)))
+            return
         self.pidfile = options.get("pidfile")
         if self.pidfile and (pid := pidfile.live_pid(self.pidfile)):
             raise CommandError(f"{self.pidfile} names pid {pid}, which is running. Is the server already up?")
@@ -183,6 +187,9 @@ class Command(StaticfilesRunserver):
             watcher = CodeWatcher(getattr(settings, "BASE_DIR", None) or os.getcwd())
         master = Master(listeners, self.config, load_app, project_name(), watcher)
         master.project = project_id()  # how preforkstatus finds this server
+        # What every generation resolves its settings from, besides its own settings.py.
+        master.overrides = {name: value for name, value in self.overrides.items() if value is not None}
+        master.environment = conf.environment()
         try:
             status = master.run()
         except HaltServer as exc:
@@ -194,11 +201,16 @@ class Command(StaticfilesRunserver):
             sys.exit(status)
 
     def run_reloaded_generation(self, spec, options):
-        """Be generation N of a reload: exec'd by the master, with fresh code."""
+        """Be generation N of a reload: exec'd by the master, with fresh code.
+
+        settings.py is read afresh (a reload is for that); the command line
+        and the environment are the master's, from the spec, so a server
+        started with --workers 3 keeps them, however this process was started.
+        """
         configure_logging()
         if not options["skip_checks"]:
             self.check()  # errors: SystemCheckError, exit 1; the master keeps the old code
-        config = load_config(dict(self.overrides, PREFORK_WORKERS=spec.worker_count))
+        config = load_config(dict(spec.overrides, PREFORK_WORKERS=spec.worker_count), spec.environment)
         load_app = self.get_handler(**options)
         try:
             status = run_generation(spec, spec.inherit_listeners(), config, load_app, project_name())
@@ -208,12 +220,12 @@ class Command(StaticfilesRunserver):
             sys.exit(status)
 
 
-def load_config(overrides):
+def load_config(overrides, environ=None):
     """The run's Config; bad values (reachable past --skip-checks) are a CommandError."""
-    problems = [conf.describe(s, v) for s, v in conf.problems(overrides)]
+    problems = [conf.describe(*problem) for problem in conf.problems(overrides, environ)]
     if problems:
         raise CommandError(" ".join(problems))
-    return conf.Config.load(overrides)
+    return conf.Config.load(overrides, environ)
 
 
 def project_name():
