@@ -15,7 +15,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from .helpers import REPO, Server
+from .helpers import EXIT_WAIT, REPO, Server
 
 
 def test_no_fork_is_a_command_error(monkeypatch):
@@ -196,3 +196,29 @@ def test_pidfile_written_removed_and_refusing_a_live_pid(serve, tmp_path):
     assert f"names pid {server.pid}, which is running" in second.output
     assert server.stop() == 0
     assert not pidfile.exists()
+
+
+def test_print_config_shows_values_and_sources_and_serves_nothing(tmp_path):
+    """An environment variable, a flag and settings.py each win where they should; nothing is bound."""
+    sock = tmp_path / "never.sock"
+    env = dict(os.environ, PYTHONPATH=REPO, DJANGO_SETTINGS_MODULE="tests.fixtureapp.settings",
+               PREFORK_KEEPALIVE="620", PREFORK_TIMEOUT="12.5",
+               PREFORK_TEST_SETTINGS=json.dumps({"PREFORK_BACKLOG": 64, "PREFORK_TIMEOUT": 5}))
+    done = subprocess.run([sys.executable, "-m", "django", "runprefork", f"unix:{sock}", "--print-config",
+                           "--workers", "3", "--timeout", "9"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=EXIT_WAIT)
+    assert done.returncode == 0, done.stderr
+    lines = {line.split(" = ")[0]: line.split()[2:] for line in done.stdout.splitlines()}
+    assert lines["PREFORK_WORKERS"] == ["3", "#", "command", "line"]
+    assert lines["PREFORK_TIMEOUT"] == ["9.0", "#", "command", "line"]  # over the environment's 12.5
+    assert lines["PREFORK_KEEPALIVE"] == ["620", "#", "environment"]
+    assert lines["PREFORK_BACKLOG"] == ["64", "#", "settings"]
+    assert lines["PREFORK_GC_FREEZE"] == ["True", "#", "default"]
+    assert not sock.exists() and "Starting prefork server" not in done.stdout + done.stderr
+
+
+def test_an_unknown_setting_is_a_warning_at_start(serve):
+    server = serve(settings={"PREFORK_TIMOUT": 3})
+    assert ("(prefork.W002) PREFORK_TIMOUT in settings is not a django-prefork setting; "
+            "did you mean PREFORK_TIMEOUT?") in server.output
+    assert server.get("/pid")[0] == 200  # a warning does not stop the start
