@@ -19,7 +19,7 @@ import ipaddress
 import json
 import os
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from django.conf import settings as django_settings
 

@@ -2,6 +2,7 @@
 system checks that report them."""
 
 import os
+from dataclasses import fields
 
 import pytest
 from django.core.checks import Error, Warning
@@ -41,7 +42,7 @@ def test_overrides_win_over_settings():
 def test_every_setting_has_its_own_check_id():
     ids = [s.check_id for s in conf.SETTINGS]
     assert ids == [f"prefork.E{n:03d}" for n in range(1, len(ids) + 1)]  # unique, none skipped
-    assert {f.name for f in conf.fields(conf.Config)} == {s.name[len("PREFORK_"):].lower() for s in conf.SETTINGS}
+    assert {f.name for f in fields(conf.Config)} == {s.name[len("PREFORK_"):].lower() for s in conf.SETTINGS}
 
 
 @pytest.mark.parametrize(
