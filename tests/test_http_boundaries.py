@@ -1,6 +1,6 @@
 """One message per connection, bounded trailers and bodies, responses clients can check.
 
-SPEC §7 "Message boundaries and limits" and "Responses", against a live
+docs/http.md's "One message per connection", limits and "Responses", against a live
 server over raw sockets. Each table row says what the app must have seen:
 whatever follows the first message (a pipelined request, excess body bytes)
 must never change it.

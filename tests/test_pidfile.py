@@ -1,4 +1,4 @@
-"""--pidfile: never written through a symlink or over a planted file (SPEC §2)."""
+"""--pidfile: never written through a symlink or over a planted file (a root-run server would overwrite its target)."""
 
 import os
 
@@ -10,7 +10,7 @@ def test_a_planted_symlink_at_the_old_temp_name_is_not_followed(tmp_path, monkey
     victim.write_text("root's own file\n")
     path = tmp_path / "prefork.pid"
     monkeypatch.setattr(os, "getpid", lambda: 4242)
-    os.symlink(victim, tmp_path / "prefork.pid.4242.tmp")  # the name the first version wrote to
+    os.symlink(victim, tmp_path / "prefork.pid.4242.tmp")  # guessable from the pid: a writer that opened it would follow the link
     pidfile.write(str(path))
     assert victim.read_text() == "root's own file\n"
     assert path.read_text() == "4242\n" and not path.is_symlink()

@@ -1,4 +1,4 @@
-"""The master's status channel: /metrics, /healthz, /status and preforkstatus (SPEC §4c).
+"""The master's status channel: /metrics, /healthz, /status and preforkstatus (docs/observability.md).
 
 Each test starts a real server with PREFORK_METRICS on a free port and reads
 what the master says while workers are busy, die, recycle and reload.
