@@ -31,6 +31,13 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
         time.sleep(interval)
 
 
+def busy_workers(server):
+    """How many workers hold a request, as the master says on its control socket (every server has one)."""
+    from django_prefork.management.commands.preforkstatus import fetch_status
+
+    return fetch_status(server.pid)["busy"]
+
+
 def metrics_url(server, timeout=10):
     """The address a server with PREFORK_METRICS on port 0 bound, as its master logs it."""
     match = server.wait_for(METRICS_AT, timeout)
@@ -173,7 +180,7 @@ class Server:
         def found():
             match = regex.search(self.output)
             if match is None and self.proc.poll() is not None:
-                time.sleep(0.2)  # let the reader catch the last lines
+                self._reader.join(5)  # the pipe's end: every line the server wrote is read
                 match = regex.search(self.output)
                 if match is None:
                     raise AssertionError(
