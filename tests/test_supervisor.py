@@ -167,26 +167,19 @@ def test_a_quick_stop_sends_quit():
         parent.close()
 
 
-def test_a_child_that_outlasts_the_grace_period_is_killed():
-    parent = Parent(graceful_timeout=0.2)
+@pytest.mark.parametrize("graceful_timeout, second_ctrl_c, ended_by", [
+    (0.2, False, signal.SIGKILL),  # it outlasted the grace period
+    (60, True, signal.SIGQUIT),  # a stop that would wait a minute, made quick by a second Ctrl-C
+])
+def test_a_child_ignoring_term_does_not_hold_the_stop(graceful_timeout, second_ctrl_c, ended_by):
+    parent = Parent(graceful_timeout=graceful_timeout)
     try:
         pid = parent.child(ignore=(signal.SIGTERM,))
+        if second_ctrl_c:
+            parent.signals.append(signal.SIGINT)  # as the handler records it, mid-stop
         started = time.monotonic()
         parent.stop(graceful=True)
-        assert parent.children[pid] == -signal.SIGKILL
-        assert time.monotonic() - started < 5
-    finally:
-        parent.close()
-
-
-def test_a_second_ctrl_c_turns_a_graceful_stop_quick():
-    parent = Parent(graceful_timeout=60)  # a stop that would wait a minute for this child
-    try:
-        pid = parent.child(ignore=(signal.SIGTERM,))
-        parent.signals.append(signal.SIGINT)  # as the handler records it, mid-stop
-        started = time.monotonic()
-        parent.stop(graceful=True)
-        assert parent.children[pid] == -signal.SIGQUIT
+        assert parent.children[pid] == -ended_by
         assert time.monotonic() - started < 5
     finally:
         parent.close()
