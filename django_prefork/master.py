@@ -36,9 +36,9 @@ import time
 
 from django.utils.autoreload import get_child_arguments
 
-from . import notify
+from . import notify, snapshot
 from .arbiter import GenerationSpec, run_generation
-from .metrics import Report, prometheus_available
+from .metrics import document, exposition, prometheus_available
 from .scoreboard import Scoreboard
 from .signals import close_wakeup_pipe
 from .status import StatusChannel
@@ -119,7 +119,7 @@ class Master(Supervisor):
         self.last_number = 0
         slots = max(64, 4 * max(config.workers, getattr(config, "max_workers", 0) or 0))
         self.scoreboard = Scoreboard.create(config.worker_tmp_dir, slots)
-        self.report = Report(self)
+        self.lifetime = snapshot.Lifetime(self.scoreboard)
         self.status = StatusChannel(self.render_status)
         self.project = None  # set by the command: which project this server serves, for preforkstatus
         self.overrides, self.environment = {}, {}  # set by the command: its PREFORK_* flags and variables
@@ -200,7 +200,7 @@ class Master(Supervisor):
         for generation in self.generations:
             generation.close_ready_pipe()
             if generation.block is not None:
-                self.report.generation_ended(generation.block)
+                self.lifetime.generation_ended(generation.block)
         self.generations.clear()
 
     def mark_stopping(self):
@@ -244,13 +244,13 @@ class Master(Supervisor):
                 return 200, "text/plain; charset=utf-8", b"ok\n"
             return 503, "text/plain; charset=utf-8", b"not serving\n"
         if path == "/status":
-            return 200, "application/json", json.dumps(self.report.document()).encode()
+            return 200, "application/json", json.dumps(document(snapshot.take(self))).encode()
         if path == "/metrics":
             if not prometheus_available():
                 return 501, "text/plain; charset=utf-8", b"pip install 'django-prefork[metrics]' for /metrics\n"
             from prometheus_client import CONTENT_TYPE_LATEST
 
-            return 200, CONTENT_TYPE_LATEST, self.report.exposition()
+            return 200, CONTENT_TYPE_LATEST, exposition(snapshot.take(self))
         return 404, "text/plain; charset=utf-8", b"/metrics, /healthz or /status\n"
 
     # -- generations -----------------------------------------------------------
@@ -312,9 +312,9 @@ class Master(Supervisor):
         except OSError as exc:
             log.error("could not start generation %d: %s; still serving the previous code", spec.number, exc)
             os.close(ready_r)
-            self.report.reloads["failed"] += 1
+            self.lifetime.reloads["failed"] += 1
             if spec.block >= 0:
-                self.report.generation_ended(spec.block)
+                self.lifetime.generation_ended(spec.block)
             notify.ready("reload failed; still serving the previous code")
             return
         finally:
@@ -330,7 +330,7 @@ class Master(Supervisor):
     def promote(self, generation):
         generation.state = SERVING
         if generation.is_reload:
-            self.report.reloads["ok"] += 1
+            self.lifetime.reloads["ok"] += 1
         older = [g for g in self.generations
                  if g.number < generation.number and g.state in (BOOTING, SERVING)]
         for old in older:
@@ -356,7 +356,7 @@ class Master(Supervisor):
             return None
         self.generations.remove(generation)
         if generation.block is not None:
-            self.report.generation_ended(generation.block)
+            self.lifetime.generation_ended(generation.block)
         code = os.waitstatus_to_exitcode(status)
         if generation.state == BOOTING and generation.said_ready():
             generation.state = SERVING  # it said so just before dying
@@ -374,7 +374,7 @@ class Master(Supervisor):
             return HALT_STATUS
         else:
             serving = self.serving()
-            self.report.reloads["failed"] += 1
+            self.lifetime.reloads["failed"] += 1
             log.error("%s failed (exit %s): still serving the previous code; fix the error and "
                       "save (or send HUP) to retry", generation, code)
             notify.ready(f"{generation} failed; still serving generation {serving.number if serving else '?'}")

@@ -153,15 +153,12 @@ class Scoreboard:
 
     def release_block(self, block):
         """The generation has ended: its counters, restarts and scaling events; the block freed."""
-        total = self.block_counters(block, live_only=False)
+        total = self.block_counters(block)
         restarts = self.restarts(block)
         capacity = self.capacity(block)
         at = self._block_at(block)
         _RECORD.pack_into(self.mm, at, 0, 0, 0, *(0,) * len(RESTART_REASONS))
         return total, restarts, {"up": capacity["up"], "down": capacity["down"]}
-
-    def block_generation(self, block):
-        return _RECORD.unpack_from(self.mm, self._block_at(block))[1]
 
     # -- what the arbiter does with its block -----------------------------------------
 
@@ -242,22 +239,19 @@ class Scoreboard:
             })
         return rows
 
-    def block_counters(self, block, live_only=False):
-        """The block's counters: its dead workers' (unless live_only) plus its live ones'."""
+    def block_counters(self, block):
+        """The block's counters: its dead workers' plus its live ones'."""
         at = self._block_at(block)
         while True:
             seq = _RECORD.unpack_from(self.mm, at)[0]
             if seq % 2:
                 time.sleep(0)  # an arbiter is folding a dead worker in: a few stores
                 continue
-            total = Counters() if live_only else Counters(_COUNTERS.unpack_from(self.mm, at + _COUNTERS_AT))
+            total = Counters(_COUNTERS.unpack_from(self.mm, at + _COUNTERS_AT))
             for slot in range(self.slots):
                 total.add(Counters(_COUNTERS.unpack_from(self.mm, self.slot_offset(block, slot) + _COUNTERS_AT)))
             if _RECORD.unpack_from(self.mm, at)[0] == seq:
                 return total
-
-    def blocks_in_use(self):
-        return [b for b in range(self.blocks) if _RECORD.unpack_from(self.mm, self._block_at(b))[2]]
 
 
 class SlotWriter:

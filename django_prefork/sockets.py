@@ -52,7 +52,7 @@ def set_io_timeout(sock, seconds):
     """Bound each recv (and blocking send) on `sock` by `seconds`, in the kernel.
 
     Responses do not rely on it: wsgi.Response sends without blocking and
-    waits in poll(), since a blocking send was seen to overrun SO_SNDTIMEO.
+    waits in poll(), since a blocking send can overrun SO_SNDTIMEO.
 
     A Python-level timeout (settimeout) makes CPython poll() before every
     recv and send; SO_RCVTIMEO/SO_SNDTIMEO cost nothing per call, and TCP

@@ -41,7 +41,7 @@ HANDLED_SIGNALS = (
 )
 QUICK_STOP_WAIT = 1.0  # seconds children get to exit on INT/QUIT before SIGKILL
 STOP_POLL = 0.1  # seconds between looks at the children while they stop
-HALT_STATUS = 1  # exit status of a server that could not start (SPEC §7b)
+HALT_STATUS = 1  # exit status of a server that could not start: the app failed to load, nothing ever served
 
 
 class HaltServer(Exception):

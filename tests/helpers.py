@@ -31,6 +31,13 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
         time.sleep(interval)
 
 
+def busy_workers(server):
+    """How many workers hold a request, as the master says on its control socket (every server has one)."""
+    from django_prefork.management.commands.preforkstatus import fetch_status
+
+    return fetch_status(server.pid)["busy"]
+
+
 def metrics_url(server, timeout=10):
     """The address a server with PREFORK_METRICS on port 0 bound, as its master logs it."""
     match = server.wait_for(METRICS_AT, timeout)
@@ -173,7 +180,7 @@ class Server:
         def found():
             match = regex.search(self.output)
             if match is None and self.proc.poll() is not None:
-                time.sleep(0.2)  # let the reader catch the last lines
+                self._reader.join(5)  # the pipe's end: every line the server wrote is read
                 match = regex.search(self.output)
                 if match is None:
                     raise AssertionError(
@@ -310,3 +317,40 @@ def dechunk(data):
         assert data[size:size + 2] == b"\r\n", "the chunked body was cut short"
         out += data[:size]
         data = data[size + 2:]
+
+
+# -- a server's snapshot, built by hand -------------------------------------------------
+
+def hand_snapshot(**fields):
+    """A Snapshot of a made-up server: one serving generation, two workers, one of them busy.
+
+    Keyword arguments replace its fields; what the renderers show is then
+    known exactly, with no server started.
+    """
+    from django_prefork.scoreboard import BUCKETS, RESTART_REASONS, Counters
+    from django_prefork.snapshot import GenerationInfo, ListenerInfo, MasterInfo, Snapshot, WorkerInfo
+
+    buckets = [0] * (len(BUCKETS) + 1)
+    buckets[0], buckets[4], buckets[-1] = 5, 2, 1  # <= 5 ms, <= 100 ms, past 10 s
+    totals = Counters((8, 4096, 0, 6, 1, 1, 0, *buckets, 12.75))
+    defaults = dict(
+        master=MasterInfo(pid=4242, name="testproject", uptime=3725.0),
+        healthy=True,
+        generation=2,
+        generations=(GenerationInfo(2, "serving", 4300, 2),),
+        workers=(
+            WorkerInfo(slot=0, number=1, pid=4301, state="idle", age=61.5, request=None, request_age=None,
+                       requests=5, rss=52428800, uss=20971520, generation=2),
+            WorkerInfo(slot=1, number=2, pid=4302, state="busy", age=12.0, request="GET /slow?x=1",
+                       request_age=2.5, requests=3, rss=None, uss=None, generation=2),
+        ),
+        listeners=(ListenerInfo("http://127.0.0.1:8000/", queued=3, backlog=2048), ListenerInfo("unix:/run/x.sock")),
+        worker_target=2,
+        worker_bounds=None,
+        scaling={"up": 0, "down": 0},
+        reloads={"ok": 1, "failed": 0},
+        restarts={**dict.fromkeys(RESTART_REASONS, 0), "timeout": 1},
+        totals=totals,
+    )
+    defaults.update(fields)
+    return Snapshot(**defaults)

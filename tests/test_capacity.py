@@ -1,4 +1,4 @@
-"""Capacity (SPEC §4b): workers that scale with the queue, and recycle on memory.
+"""Capacity (docs/capacity.md): workers that scale with the queue, and recycle on memory.
 
 The policy (capacity.Scaler) is tested by itself on made-up looks; the
 arbiter's use of it on real servers under real load.

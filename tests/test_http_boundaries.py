@@ -1,6 +1,6 @@
 """One message per connection, bounded trailers and bodies, responses clients can check.
 
-SPEC §7 "Message boundaries and limits" and "Responses", against a live
+docs/http.md's "One message per connection", limits and "Responses", against a live
 server over raw sockets. Each table row says what the app must have seen:
 whatever follows the first message (a pipelined request, excess body bytes)
 must never change it.
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .helpers import Server, head, receive_all, send, split, status_of, worker_pid
+from .helpers import Server, busy_workers, head, receive_all, send, split, status_of, wait_until, worker_pid
 
 RAW_APPS = "tests.fixtureapp.rawapps.application"
 GET = head(b"GET /x/SMUGGLED?id=2 HTTP/1.1", b"Host: x")
@@ -238,7 +238,7 @@ def test_two_trickling_uploads_get_408_and_the_workers_serve_on(two_workers):
     threads = [threading.Thread(target=trickle, args=(server, 1024, 20, results, i)) for i in range(2)]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)  # both uploads hold a worker now
+    wait_until(lambda: busy_workers(server) == 2, message="both uploads holding a worker")
     longest_wait = 0.0
     while any(t.is_alive() for t in threads):
         started = time.monotonic()
@@ -478,7 +478,7 @@ def test_a_client_that_reads_nothing_is_given_up_after_the_client_timeout(serve)
     try:
         started = time.monotonic()
         sock.sendall(head(b"GET /stream-big HTTP/1.1", b"Host: x"))  # 16 MB, and we read none of it
-        time.sleep(0.5)
+        wait_until(lambda: busy_workers(server) == 1, message="the worker sending to the client that reads nothing")
         status, _ = server.get("/rss", timeout=15)
         after = time.monotonic() - started
     finally:
@@ -494,7 +494,7 @@ def test_a_slow_reader_is_cut_off_before_the_watchdog(serve):
     answered = {}
 
     def other_client():
-        time.sleep(1)  # the slow reader holds the only worker by now
+        wait_until(lambda: busy_workers(server) == 1, message="the slow reader holding the only worker")
         status, body = server.get("/rss", timeout=15)
         answered["after"] = time.monotonic() - started
         answered["status"] = status

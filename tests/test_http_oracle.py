@@ -37,8 +37,8 @@ STRICTER_THAN_H11 = {
     "bad-scheme": "absolute-form serves http and https targets only",
     "content-type-twice": "RFC 9110 §5.3: Content-Type is a singleton field; two are not one representation",
     "unknown-method": "RFC 9110 §9.1: 501 for a method the server does not implement",
-    "trailers-past-the-field-count": "PREFORK_LIMIT_REQUEST_FIELDS counts trailers too (SPEC §7)",
-    "trailer-too-long": "PREFORK_LIMIT_REQUEST_FIELD_SIZE bounds trailer lines too (SPEC §7)",
+    "trailers-past-the-field-count": "PREFORK_LIMIT_REQUEST_FIELDS counts trailers too (docs/http.md)",
+    "trailer-too-long": "PREFORK_LIMIT_REQUEST_FIELD_SIZE bounds trailer lines too (docs/http.md)",
 }
 
 

@@ -171,7 +171,9 @@ def test_broken_code_keeps_the_previous_generation_serving(project):
 def test_noreload_ignores_file_changes_until_hup(project):
     with start(project, "--noreload") as server:
         write_views(project, "v2")
-        deadline = time.monotonic() + 2.5  # more than two turns of the watcher's one-second poll
+        # What is tested is that nothing happens: the sleep spreads the looks over more than
+        # two turns of the watcher's one-second poll, which a reload would have followed.
+        deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:
             assert server.get("/version")[1].startswith(b"v1 ")
             time.sleep(0.2)

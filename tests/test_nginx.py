@@ -146,7 +146,7 @@ def test_a_slow_client_does_not_tie_up_the_only_worker(stack, via):
                      b"\r\nContent-Length: 30\r\nConnection: close\r\n\r\n")
         for _ in range(30):
             slow.sendall(b"s")
-            time.sleep(0.1)
+            time.sleep(0.1)  # the slow client under test: 10 bytes a second
         data = b""
         while chunk := slow.recv(65536):
             data += chunk
@@ -159,7 +159,7 @@ def test_a_slow_client_does_not_tie_up_the_only_worker(stack, via):
             started = time.monotonic()
             status, _ = through_nginx(stack, "GET", "/pid", via)
             assert status == 200 and time.monotonic() - started < 1.0
-            time.sleep(0.3)
+            time.sleep(0.3)  # spreads the five requests over the upload, which is what is tested
         thread.join(30)
     finally:
         slow.close()

@@ -1,4 +1,4 @@
-"""The master's status channel: /metrics, /healthz, /status and preforkstatus (SPEC §4c).
+"""The master's status channel: /metrics, /healthz, /status and preforkstatus (docs/observability.md).
 
 Each test starts a real server with PREFORK_METRICS on a free port and reads
 what the master says while workers are busy, die, recycle and reload.
@@ -343,3 +343,155 @@ def test_what_the_status_channel_answers_to_odd_requests(serve, data, status):
     if data.startswith(b"HEAD"):
         assert response.endswith(b"\r\n\r\n")  # no body
     assert fetch(server, "/healthz") == (200, b"ok\n")
+
+
+# -- the channel and the master's answers, without a server ---------------------------------------
+
+import select  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from django_prefork import master as master_module, status  # noqa: E402
+
+from .helpers import hand_snapshot  # noqa: E402
+
+
+def render(method, path):
+    if path == "/boom":
+        raise RuntimeError("a bug in rendering")
+    return 200, "text/plain; charset=utf-8", f"{method} {path}\n".encode()
+
+
+def serve_until_answered(channel, timeout=5):
+    deadline = time.monotonic() + timeout
+    while channel.clients and time.monotonic() < deadline:
+        channel.serve()
+
+
+def exchange(request, render=render):
+    """One client over a socketpair, served by turns of the channel as the master's loop would."""
+    channel = status.StatusChannel(render)
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    channel.clients.append(status.Client(theirs))
+    with ours:
+        ours.sendall(request)
+        serve_until_answered(channel)
+        assert not channel.clients, "the channel never answered"
+        ours.settimeout(5)
+        return receive_all(ours)
+
+
+@pytest.mark.parametrize("request_bytes, status_line, body", [
+    (b"GET /status?x=1 HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 OK", b"GET /status\n"),  # the query is ignored
+    (b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 OK", b""),  # the head only, its length kept
+    (b"NOT HTTP AT ALL\r\n\r\n", b"HTTP/1.1 501 ", None),  # an unknown method, as the workers answer it
+    (b"GET /\x00 HTTP/1.1\r\n\r\n", b"HTTP/1.1 400 ", None),
+    (b"GET / HTTP/1.1\r\n" + b"X: " + b"y" * 9000, b"HTTP/1.1 431 ", None),  # a head that never ends
+    (b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 500 ", b"Internal Server Error\n"),  # never the master down
+])
+def test_what_the_channel_answers(request_bytes, status_line, body):
+    response = exchange(request_bytes)
+    head, _, got = response.partition(b"\r\n\r\n")
+    assert head.startswith(status_line), response[:200]
+    assert b"\r\nConnection: close" in head and b"\r\nCache-Control: no-store" in head
+    if body is not None:
+        assert got == body
+    if request_bytes.startswith(b"HEAD"):
+        assert b"\r\nContent-Length: 14" in head  # the length of the body it leaves out
+
+
+def test_a_client_past_its_deadline_is_dropped():
+    channel = status.StatusChannel(render)
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    client = status.Client(theirs)
+    channel.clients.append(client)
+    assert 0 < channel.timeout() <= status.CLIENT_DEADLINE
+    client.deadline = time.monotonic() - 1
+    channel.serve()
+    assert channel.clients == [] and channel.timeout() is None
+    ours.settimeout(5)
+    assert ours.recv(1) == b""  # closed, unanswered
+    ours.close()
+
+
+def test_silent_connections_give_way_to_a_probe():
+    channel = status.StatusChannel(render)
+    sock = channel.open_metrics("127.0.0.1:0")
+    address = sock.getsockname()
+    silent = [socket.create_connection(address) for _ in range(status.MAX_CLIENTS)]
+    try:
+        wait_until(lambda: channel.serve() or len(channel.clients) == status.MAX_CLIENTS,
+                   message="every silent connection accepted")
+        with socket.create_connection(address, timeout=5) as probe:
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_until(lambda: channel.serve() or select.select([probe], [], [], 0)[0], message="the probe answered")
+            answer = receive_all(probe)  # answered and closed in the turn that read it
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        assert len(channel.clients) <= status.MAX_CLIENTS
+    finally:
+        for conn in silent:
+            conn.close()
+        channel.close()
+
+
+@pytest.mark.parametrize("method, path, healthy, code", [
+    ("GET", "/healthz", True, 200),
+    ("GET", "/healthz", False, 503),  # booting or stopping: take it out of the load balancer
+    ("POST", "/status", True, 405),
+    ("GET", "/", True, 404),
+    ("GET", "/status", False, 200),  # the document is there whether or not it serves
+])
+def test_what_the_master_renders(monkeypatch, method, path, healthy, code):
+    monkeypatch.setattr(master_module.snapshot, "take", lambda master: hand_snapshot(healthy=healthy))
+    stand_in = SimpleNamespace(healthy=lambda: healthy)
+    got, content_type, body = master_module.Master.render_status(stand_in, method, path)
+    assert got == code
+    if code == 200 and path == "/status":
+        assert content_type == "application/json" and json.loads(body)["healthy"] is healthy
+
+
+def test_the_master_renders_metrics_from_the_snapshot(monkeypatch):
+    monkeypatch.setattr(master_module.snapshot, "take", lambda master: hand_snapshot())
+    code, content_type, body = master_module.Master.render_status(SimpleNamespace(), "GET", "/metrics")
+    assert code == 200 and content_type.startswith("text/plain")
+    found = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert found["prefork_workers_busy"].samples[0].value == 1
+
+
+@pytest.mark.parametrize("xdg, expected", [
+    ("/run/user/1000", "/run/user/1000/django-prefork"),
+    (None, None),  # a private directory in the temp dir, named for the user
+])
+def test_the_runtime_dir(monkeypatch, xdg, expected):
+    if xdg:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", xdg)
+    else:
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        expected = os.path.join(__import__("tempfile").gettempdir(), f"django-prefork-{os.getuid()}")
+    assert status.runtime_dir() == expected
+
+
+def test_a_control_directory_open_to_others_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    (tmp_path / "django-prefork").mkdir(mode=0o755)
+    os.chmod(tmp_path / "django-prefork", 0o755)  # another user could swap the socket for theirs
+    with pytest.raises(PermissionError):
+        status.StatusChannel(render).open_control_socket("tests@/x")
+
+
+def test_dead_masters_control_files_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    directory = tmp_path / "django-prefork"
+    directory.mkdir(mode=0o700)
+    for name in (f"{2 ** 22 + 1}.json", f"{2 ** 22 + 1}.sock", f"{os.getppid()}.json", "notes.txt"):
+        (directory / name).write_text("")
+    channel = status.StatusChannel(render)
+    channel.open_control_socket("tests@/x")
+    try:
+        assert sorted(os.listdir(directory)) == sorted([f"{os.getppid()}.json", "notes.txt",
+                                                       f"{os.getpid()}.json", f"{os.getpid()}.sock"])
+        assert json.loads((directory / f"{os.getpid()}.json").read_text())["project"] == "tests@/x"
+    finally:
+        channel.close()
+    assert sorted(os.listdir(directory)) == sorted([f"{os.getppid()}.json", "notes.txt"])

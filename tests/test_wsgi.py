@@ -1,6 +1,6 @@
 """wsgi.py against a live server: what the environ says about the client and its proxy.
 
-PREFORK_FORWARDED_ALLOW_IPS (SPEC §3): a trusted peer's `X-Forwarded-Proto:
+PREFORK_FORWARDED_ALLOW_IPS (docs/deploy.md): a trusted peer's `X-Forwarded-Proto:
 https` makes `wsgi.url_scheme` https, so a site moved from gunicorn behind
 nginx keeps working with SECURE_SSL_REDIRECT and no SECURE_PROXY_SSL_HEADER.
 """

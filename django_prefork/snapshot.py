@@ -1,0 +1,148 @@
+"""One look at the whole server, taken by the master: what /status, /metrics and preforkstatus show.
+
+`take(master)` is the only place that reads the master and its scoreboard
+for them; it returns a `Snapshot`, a tree of frozen dataclasses (the master,
+its generations, their workers, the listen queues, the lifetime counters).
+metrics.py renders a snapshot as the JSON status document and as the
+Prometheus exposition, and preforkstatus renders that document, so all
+three say the same thing and each can be tested on a snapshot built by hand.
+
+Every counter in a snapshot is a sum over the server's life: the workers
+alive now, plus those dead (folded into their generation's block record by
+its arbiter), plus the generations ended (folded into `Lifetime` by the
+master), so none goes down across worker deaths, recycles and reloads.
+"""
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from .scoreboard import RESTART_REASONS, Counters
+from .sockets import listen_queue
+
+BUSY_STATES = ("busy", "debugging")  # a worker in either holds a request
+
+
+@dataclass(frozen=True)
+class MasterInfo:
+    pid: int
+    name: str
+    uptime: float  # seconds since the master started
+
+
+@dataclass(frozen=True)
+class GenerationInfo:
+    number: int
+    state: str  # booting, serving, stopping
+    pid: int  # its arbiter's
+    workers: int  # live slots in its scoreboard block
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    slot: int
+    number: int  # kept by a replacement, unlike the pid
+    pid: int
+    state: str  # booting, idle, busy, debugging
+    age: float  # seconds since it was forked
+    request: Optional[str]  # "METHOD target" in hand, or None
+    request_age: Optional[float]
+    requests: int
+    rss: Optional[int]  # bytes; None when not read (yet)
+    uss: Optional[int]
+    generation: int
+
+
+@dataclass(frozen=True)
+class ListenerInfo:
+    address: str
+    queued: Optional[int] = None  # None where the kernel cannot say: never a made-up 0
+    backlog: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    master: MasterInfo
+    healthy: bool  # a generation serves and the server is not stopping
+    generation: Optional[int]  # the serving generation's number
+    generations: tuple  # of GenerationInfo, oldest first
+    workers: tuple  # of WorkerInfo, every generation's
+    listeners: tuple  # of ListenerInfo
+    worker_target: int
+    worker_bounds: Optional[tuple]  # (floor, ceiling) while the arbiter scales, else None
+    scaling: dict  # {"up": n, "down": n}
+    reloads: dict  # {"ok": n, "failed": n}
+    restarts: dict  # by reason, every reason present
+    totals: Counters
+
+    @property
+    def busy(self):
+        return sum(1 for w in self.workers if w.state in BUSY_STATES)
+
+
+class Lifetime:
+    """What must outlive a generation: the counters of generations that ended, and reloads."""
+
+    def __init__(self, scoreboard):
+        self.scoreboard = scoreboard
+        self.ended = Counters()
+        self.ended_restarts = dict.fromkeys(RESTART_REASONS, 0)
+        self.ended_scaling = {"up": 0, "down": 0}
+        self.reloads = {"ok": 0, "failed": 0}
+        self.started = time.time()
+
+    def generation_ended(self, block):
+        """Fold an ended generation's block into the lifetime totals; free the block."""
+        counters, restarts, scaling = self.scoreboard.release_block(block)
+        self.ended.add(counters)
+        for reason, count in restarts.items():
+            self.ended_restarts[reason] += count
+        for direction, count in scaling.items():
+            self.ended_scaling[direction] += count
+
+
+def take(master):
+    """The server as it is now, from the master's generations, listeners, scoreboard and lifetime."""
+    board, lifetime = master.scoreboard, master.lifetime
+    totals = Counters().add(lifetime.ended)
+    restarts = dict(lifetime.ended_restarts)
+    scaling = dict(lifetime.ended_scaling)
+    serving = master.serving()
+    capacity = None
+    generations, workers = [], []
+    for generation in master.generations:
+        rows = []
+        if generation.block is not None:
+            totals.add(board.block_counters(generation.block))
+            for reason, count in board.restarts(generation.block).items():
+                restarts[reason] += count
+            generation_capacity = board.capacity(generation.block)
+            for direction in ("up", "down"):
+                scaling[direction] += generation_capacity[direction]
+            if generation is serving:
+                capacity = generation_capacity
+            rows = board.workers(generation.block)
+            for row in rows:
+                row.pop("counters")
+                workers.append(WorkerInfo(generation=generation.number, **row))
+        generations.append(GenerationInfo(generation.number, generation.state, generation.pid, len(rows)))
+    listeners = []
+    for listener in master.listeners:
+        queue = listen_queue(listener.sock)
+        listeners.append(ListenerInfo(listener.url(), *(queue or ())))
+    scaled = capacity is not None and capacity["target"]  # 0: the arbiter has not said yet
+    return Snapshot(
+        master=MasterInfo(os.getpid(), master.name, round(time.time() - lifetime.started, 3)),
+        healthy=master.healthy(),
+        generation=serving.number if serving else None,
+        generations=tuple(generations),
+        workers=tuple(workers),
+        listeners=tuple(listeners),
+        worker_target=capacity["target"] if scaled else master.worker_count,
+        worker_bounds=(capacity["floor"], capacity["ceiling"]) if scaled else None,
+        scaling=scaling,
+        reloads=dict(lifetime.reloads),
+        restarts=restarts,
+        totals=totals,
+    )
