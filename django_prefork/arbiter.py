@@ -28,8 +28,9 @@ import signal
 import socket
 import time
 
-from . import debugger, heartbeat, proctitle
+from . import debugger, heartbeat, lifecycle, proctitle
 from .heartbeat import Heartbeat
+from .lifecycle import BOOT_RETRY_WAIT, KILL_AFTER_ABORT, STARVED_AFTER
 from .capacity import LOOK_EVERY, Scaler, mem_available
 from .memory import read_memory
 from .scoreboard import Scoreboard
@@ -41,9 +42,6 @@ from .worker import BOOT_ERROR, SyncWorker
 
 log = logging.getLogger("django_prefork")
 
-KILL_AFTER_ABORT = 2.0  # seconds a timed-out worker gets to report before SIGKILL
-BOOT_RETRY_WAIT = 1.0  # seconds between spawns after a boot failure once serving
-STARVED_AFTER = 5.0  # seconds between two turns past which the arbiter was not running
 
 
 @dataclasses.dataclass
@@ -104,13 +102,7 @@ def mark_process_dead(pid):
 
 def restart_reason(w, code, stopping):
     """Why a worker is being replaced, for prefork_worker_restarts_total; None: it was retired."""
-    if w.aborted_at is not None:
-        return "timeout"
-    if w.recycling:
-        return w.recycling
-    if stopping or w.retiring:
-        return None
-    return "max_requests" if code == 0 else "crash"
+    return lifecycle.restart_reason(w.aborted_at is not None, w.recycling, stopping or w.retiring, code)
 
 
 class WorkerProcess:

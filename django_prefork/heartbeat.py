@@ -30,6 +30,8 @@ import struct
 import tempfile
 import time
 
+from .lifecycle import HEARTBEAT_EVERY
+
 BOOTING, READY, BOOT_FAILED = b"B", b"R", b"F"
 PAGE = mmap.PAGESIZE
 _STARTED = struct.Struct("dH")  # monotonic start (0.0: idle), length of "METHOD target"
@@ -58,7 +60,7 @@ class Heartbeat:
         # At most ten fchmods a second: the arbiter looks once a second, and a
         # clock read costs far less than a syscall on every request.
         now = time.monotonic()
-        if now - self._touched < 0.1:
+        if now - self._touched < HEARTBEAT_EVERY:
             return
         self._touched = now
         # Alternate the mode so the change is real on every filesystem.

@@ -1,21 +1,20 @@
-"""HTTP/1.x requests: the head parsed by httptools (llhttp), the body streamed.
+"""HTTP/1.x requests: the head parsed by httptools (llhttp), the body buffered or streamed.
 
 Theory of operation
 -------------------
-A connection carries exactly one request. The parser is stopped at the end
-of the first message (`on_message_complete` raises `_MessageEnd`, which
-llhttp obeys at once), so whatever the client sent after it (a pipelined
-request, excess body bytes, anything after an HTTP/1.0 request) is never
-parsed into the request and never reaches the app: method, version and
-upgrade flag are captured when the head completes, the target only before
-it. The bytes left unread are drained by the server before it closes.
+A connection may carry many requests, one after another. `Reader` takes
+one request from the bytes a connection brings, and says where it ends:
+whatever follows (a pipelined request, excess bytes after an HTTP/1.0
+request) is never parsed into it; it is the next Reader's, or dropped when
+the connection closes after this one. Method, version and upgrade flag are
+captured when the head completes, the target only before it.
 
 llhttp, in its strict default, already refuses most smuggling vectors:
 Content-Length with Transfer-Encoding, duplicate or signed lengths, obs-fold,
 bare CR or LF, controls in field values, bad chunk framing. What it leaves to
 its caller, this module does:
 
-* limits: llhttp has none, so the read loop caps the request target, the
+* limits: llhttp has none, so the reader caps the request target, the
   number and size of header lines and the bytes of the whole head; trailers
   share the header budget, and chunked framing or a trailer line that makes
   no progress for longer than a header line may be is cut off (431) before
@@ -30,17 +29,25 @@ its caller, this module does:
 * the request target, split here rather than by httptools.parse_url (it wraps
   an unmaintained parser).
 
-Bodies. A Content-Length body is read straight from the socket (the parser
-has nothing to add to it); a chunked one is fed through llhttp as it comes.
-Either way `Body` holds only what the app has not read yet: an upload read
-in pieces keeps the worker flat, and one read whole (`read()`) costs one
-buffer of its size, filled in place. A body slower than
-`PREFORK_CLIENT_MIN_RATE` once its first client timeout is over is answered
-408 (`_Clock`): the worker is freed long before the watchdog's timeout.
+Bodies. By default a body is whole before the app sees its request
+(`BodyBuffer`: memory up to PREFORK_BUFFER_BODY, then a temporary file);
+the event loop's deadlines bound how slowly it may come. With
+PREFORK_BUFFER_BODY = None the app reads it from the socket as it comes
+(`Body`): a Content-Length body straight from the socket, a chunked one
+through llhttp; either way `Body` holds only what the app has not read yet,
+and a body slower than PREFORK_CLIENT_MIN_RATE once its first client timeout
+is over is answered 408 (`_Clock`), long before the watchdog's timeout.
+
+The parser holds its protocol object, the Request, which holds the parser:
+a cycle only the garbage collector would free. Once a request needs its
+parser no more (its head complete without a body, or its body counted here,
+or ended), the Request lets go of it, and both are freed by refcount the
+moment the request ends, with no collector pass.
 """
 
 import io
 import re
+import tempfile
 import time
 from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
@@ -48,6 +55,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from . import debugger
+from .lifecycle import request_time
 from .sockets import set_io_timeout
 
 RECV_SIZE = 65536
@@ -80,10 +88,6 @@ class HTTPError(Exception):
         self.reason = reason
 
 
-class ClientGone(Exception):
-    """The client closed or went silent before saying anything worth an answer."""
-
-
 class _MessageEnd(Exception):
     """Raised from on_message_complete: llhttp stops before the next message."""
 
@@ -99,9 +103,7 @@ class Limits:
         self.head = request_line + 16 + fields * (field_size + 2) + 2
         self.client_timeout = client_timeout
         self.min_rate = min_rate  # body bytes/s owed once client_timeout is spent; 0 = no minimum
-        # Seconds from a request's start its body must have arrived in: before the
-        # watchdog (PREFORK_TIMEOUT, which gives 2 s of notice) would kill the worker.
-        self.body_time = max(timeout - 2, timeout / 2) if timeout else 0
+        self.body_time = request_time(timeout)  # from the request's start: body in, response out
 
 
 class Request:
@@ -119,6 +121,7 @@ class Request:
         self.content_length = None
         self.chunked = False
         self.upgrade = False
+        self.keep_alive = False
         self.expect_continue = False
         self.headers_complete = False
         self.complete = False
@@ -130,6 +133,7 @@ class Request:
         self.progress = False  # a body byte or a whole trailer arrived in this feed
         self.body = bytearray()  # decoded body bytes the app has not read yet
         self.sink = self.body.extend
+        self.buffer = None  # the BodyBuffer holding the whole body, when the server buffers it
         self.error = None  # an HTTPError met after the head, while reading the body
 
     # -- httptools callbacks -------------------------------------------------
@@ -171,6 +175,7 @@ class Request:
         self.method = parser.get_method()
         self.version = parser.get_http_version()
         self.upgrade = parser.should_upgrade() and self.method != b"CONNECT"
+        self.keep_alive = parser.should_keep_alive() and not self.upgrade  # llhttp reads Connection and the version
         self.headers_complete = True
 
     def on_body(self, data):
@@ -287,91 +292,185 @@ def _feed(parser, request, data):
         raise HTTPError(400, message) from None
 
 
-def _feed_head(parser, request, data):
-    """Feed `data`, cut after each blank line while the head is not complete.
+class Reader:
+    """One request, read from bytes as they arrive: no socket in here (h11's way).
 
-    A head fed up to its blank line ends where llhttp stops, so a body-less
-    request completes without the _MessageEnd exception; what follows the
-    head (body bytes, or a pipelined request) is fed with the stop armed.
+    The event loop feeds it whatever a connection's recv() brought;
+    `feed(data)` takes the bytes that belong to this request and returns how
+    many, so the rest (a pipelined request) is left for a fresh Reader. A
+    message boundary is found without trusting the parser to stop in time:
+
+    * the head ends at its first blank line (llhttp refuses bare CR and LF
+      and obs-fold, so no earlier CRLFCRLF can end it), found here, with the
+      last three bytes of the previous read kept for a blank line split
+      across two reads;
+    * a Content-Length body is counted here, the parser never sees it;
+    * a chunked body always ends with a blank line too (the last-chunk line
+      or the last trailer, then CRLF), so it is fed in pieces cut after each
+      CRLFCRLF and can only complete at a piece's end.
+
+    `streaming`: the request goes to the app once its head is complete and
+    the app reads the rest of the body from the socket (`Body`); what
+    arrived with the head is kept for it in request.body.
     """
-    at = 0
-    while not request.headers_complete:
-        end = data.find(_HEAD_END, at)
-        if end < 0:
-            break
-        request.stop_at_end = False
-        _feed(parser, request, data[at:end + 4] if at or end + 4 < len(data) else data)
-        request.stop_at_end = True
-        at = end + 4
-    if at < len(data) and not request.complete:
-        _feed(parser, request, data[at:] if at else data)
 
+    __slots__ = ("request", "tail", "received", "left", "stalled", "first", "buffer_body")
 
-def read_request(sock, limits):
-    """Read one request head from `sock`; return the Request.
+    def __init__(self, limits, buffer_body=None):
+        self.buffer_body = buffer_body  # bytes of body in memory, then a file; None: the body is streamed
+        request = self.request = Request(limits)
+        request.parser = httptools.HttpRequestParser(request)
+        self.tail = b""
+        self.received = 0  # head bytes
+        self.left = None  # Content-Length body bytes still to come
+        self.stalled = 0  # chunked bytes fed since a body byte or a trailer came out
+        self.first = b""  # the start of the request line: was it a HEAD?
 
-    `sock` is blocking with kernel timeouts (SO_RCVTIMEO: see sockets.py).
-    The whole head must arrive within the client timeout of its first bytes: a
-    client trickling one header a second cannot hold a worker longer than that.
-    An HTTPError raised here says in `head_only` whether the request, as far
-    as it came, was a HEAD: the answer must then have no body.
-    """
-    pieces = []
-    try:
-        return _read_head(sock, limits, pieces)
-    except HTTPError as exc:
-        first = pieces[0].lstrip(b"\r\n") if pieces else b""
-        exc.head_only = first.startswith(b"HEAD ")
-        raise
+    @property
+    def head_complete(self):
+        return self.request.headers_complete
 
+    @property
+    def complete(self):
+        return self.request.complete
 
-def _read_head(sock, limits, pieces):
-    request = Request(limits)
-    parser = request.parser = httptools.HttpRequestParser(request)
-    request.started = time.monotonic()
-    received = 0
-    deadline = None
-    while True:
+    def feed(self, data):
+        """Take this request's bytes from `data`; return how many. HTTPError for a bad request."""
+        request = self.request
+        if not request.started:
+            request.started = time.monotonic()
         try:
-            data = sock.recv(RECV_SIZE)
-        except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO ran out
-            if received:
-                raise HTTPError(408, "Request Timeout") from None
-            raise ClientGone() from None
-        except OSError:
-            raise ClientGone() from None
-        if not data:
-            if received:
-                raise HTTPError(400, "Incomplete request head")
-            raise ClientGone()
-        received += len(data)
-        pieces.append(data)
-        _feed_head(parser, request, data)
-        if request.headers_complete:
-            break
-        if received > limits.head:
+            used = 0
+            if not request.headers_complete:
+                used = self._feed_head(data)
+                if not request.headers_complete or request.complete:
+                    return used
+            if self.left is not None:
+                take = min(self.left, len(data) - used)
+                if take:
+                    request.sink(data[used:used + take] if used or take < len(data) else data)
+                    self.left -= take
+                if not self.left:
+                    request.complete = True
+                return used + take
+            return used + self._feed_chunked(data, used)
+        except HTTPError as exc:
+            exc.head_only = self.first.lstrip(b"\r\n").startswith(b"HEAD ")
+            raise
+
+    def _feed_head(self, data):
+        request = self.request
+        if len(self.first) < 16:
+            self.first += data[:16]
+        at = 0
+        while True:
+            end = _find_blank_line(self.tail, data, at)
+            if end < 0:
+                break
+            request.stop_at_end = False  # a head fed up to its blank line ends where llhttp stops
+            _feed(request.parser, request, data[at:end] if at or end < len(data) else data)
+            request.stop_at_end = True
+            at = end
+            self.tail = b""
+            if request.headers_complete:
+                self.received += at
+                self._head_done()
+                return at
+        if at < len(data):
+            _feed(request.parser, request, data[at:])  # no blank line in it: it cannot end the head
+            self.tail = (self.tail + data[at:])[-3:]
+        self.received += len(data)
+        if self.received > request.limits.head:
             raise HTTPError(431, "Request header fields too large")
-        # The head came in pieces (rare): bound the next recv by what is left.
-        if deadline is None:
-            deadline = time.monotonic() + limits.client_timeout
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise HTTPError(408, "Request Timeout")
-        set_io_timeout(sock, remaining)
-    if deadline is not None:
-        set_io_timeout(sock, limits.client_timeout)
-    request.check_head()
-    if request.upgrade:
-        data = b"".join(pieces)
-        start = len(data) - len(data.lstrip(b"\r\n"))  # llhttp skips empty lines before a request
-        request.parser = _body_parser(request, data[data.index(_HEAD_END, start) + 4:])
-    if request.complete:
-        # The parser holds its protocol, the Request, which holds the parser: a
-        # cycle only the garbage collector would free. A complete request (no
-        # body to come) needs its parser no more; dropped, the request's objects
-        # are freed by refcount the moment it ends, and no GC pass runs for them.
-        request.parser = None
-    return request
+        return len(data)
+
+    def _head_done(self):
+        request = self.request
+        request.check_head()
+        if request.upgrade:
+            request.parser = _body_parser(request, b"")
+        if request.complete:
+            request.parser = None  # the cycle: see the module's docstring
+            return
+        if self.buffer_body is not None:
+            request.buffer = BodyBuffer(self.buffer_body)
+            request.sink = request.buffer.write
+        if not request.chunked:
+            self.left = request.content_length or 0
+            request.parser = None  # counted here from now on
+            if not self.left:
+                request.complete = True
+
+    def _feed_chunked(self, data, at):
+        """Feed the parser up to each blank line; return the bytes taken."""
+        request = self.request
+        start = at
+        while at < len(data) and not request.complete:
+            end = _find_blank_line(self.tail, data, at)
+            piece_end = end if end >= 0 else len(data)
+            request.progress = False
+            _feed(request.parser, request, data[at:piece_end])
+            self.tail = (self.tail + data[at:piece_end])[-3:] if end < 0 else b""
+            if request.progress or request.complete:
+                self.stalled = 0
+            else:
+                # Chunk framing or a trailer line with no end in sight: httptools
+                # keeps a field whole until it ends, so cut it off here.
+                self.stalled += piece_end - at
+                if self.stalled > request.limits.field_size + 2:
+                    raise HTTPError(431, "Trailer or chunk framing too long")
+            at = piece_end
+        if request.complete:
+            request.parser = None
+        return at - start
+
+
+class BodyBuffer:
+    """A request body held until it is whole: in memory up to `memory` bytes, then in a
+    temporary file (as nginx's client_body_buffer_size), so an upload of any size or speed
+    reaches the app complete and costs the worker at most `memory` bytes of it."""
+
+    __slots__ = ("memory", "data", "file", "size")
+
+    def __init__(self, memory):
+        self.memory = memory
+        self.data = bytearray()
+        self.file = None
+        self.size = 0
+
+    def write(self, data):
+        self.size += len(data)
+        if self.file is None:
+            if len(self.data) + len(data) <= self.memory:
+                self.data += data
+                return
+            self.file = tempfile.TemporaryFile(prefix="prefork-body-")
+            self.file.write(self.data)
+            self.data = None
+        self.file.write(data)
+
+    def as_input(self):
+        """wsgi.input: the whole body, from its start."""
+        if self.file is not None:
+            self.file.seek(0)
+            return self.file
+        return io.BytesIO(self.data)
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()  # a TemporaryFile: unlinked already, the space freed with this
+
+
+def _find_blank_line(tail, data, at):
+    """The index in `data` just past the first CRLFCRLF at or after `at` (the 3 bytes of
+    `tail` before `data` count when `at` is 0); -1 when there is none."""
+    if tail and not at:
+        joined = tail + data[:3]
+        found = joined.find(_HEAD_END)
+        if found >= 0:
+            return found + 4 - len(tail)
+    found = data.find(_HEAD_END, at)
+    return found + 4 if found >= 0 else -1
 
 
 def split_target(method, target):
@@ -489,7 +588,7 @@ class Body:
             # Content-Length: the parser is done with it; what it already
             # passed on (bytes that came with the head) is in request.body.
             self._left = (request.content_length or 0) - len(request.body)
-            request.parser = None  # never fed again: the bytes are counted here (the cycle, see _read_head)
+            request.parser = None  # never fed again: the bytes are counted here (the cycle: see the module's docstring)
             if self._left <= 0:
                 request.complete = True
 
@@ -531,7 +630,7 @@ class Body:
             request.error = exc
             raise ConnectionAbortedError(f"Bad request body: {exc.reason}") from None
         if request.complete:
-            request.parser = None  # see _read_head: the cycle, broken as the body ends
+            request.parser = None  # the cycle, broken as the body ends
         if request.progress or request.complete:
             self._stalled = 0
         else:

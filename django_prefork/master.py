@@ -36,7 +36,7 @@ import time
 
 from django.utils.autoreload import get_child_arguments
 
-from . import notify, snapshot
+from . import lifecycle, notify, snapshot
 from .arbiter import GenerationSpec, run_generation
 from .metrics import document, exposition, prometheus_available
 from .scoreboard import Scoreboard
@@ -49,7 +49,6 @@ log = logging.getLogger("django_prefork")
 
 BOOTING, SERVING, STOPPING = "booting", "serving", "stopping"
 OUTLAST_ARBITERS = 5.0  # seconds the master waits past its arbiters' own stop deadline
-MIN_BOOT_LIMIT = 60.0  # seconds a reload may take to be ready (at least twice the timeout)
 
 
 class Generation:
@@ -343,7 +342,7 @@ class Master(Supervisor):
 
     def kill_slow_reload(self):
         booting = self.booting_reload()
-        boot_limit = max(MIN_BOOT_LIMIT, 2 * self.config.timeout)
+        boot_limit = lifecycle.boot_limit(self.config.timeout)
         if booting is not None and time.monotonic() - booting.started > boot_limit:
             log.error("%s did not boot within %.0f s; killing it; still serving the previous code",
                       booting, boot_limit)

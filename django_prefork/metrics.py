@@ -41,6 +41,7 @@ def document(snapshot):
         "scaling": dict(snapshot.scaling),
         "workers": len(snapshot.workers),
         "busy": snapshot.busy,
+        "connections": snapshot.connections,
         "listeners": listeners,
         "reloads": dict(snapshot.reloads),
         "restarts": dict(snapshot.restarts),
@@ -72,6 +73,12 @@ class _Collector:
         snap = self.snapshot
         yield GaugeMetricFamily("prefork_workers", "Worker processes alive (every generation).", value=len(snap.workers))
         yield GaugeMetricFamily("prefork_workers_busy", "Workers serving a request now.", value=snap.busy)
+        held = GaugeMetricFamily("prefork_connections", "Client connections the workers hold, by state: reading a "
+                                 "request, waiting for the app, writing a response, idle keep-alive, lingering.",
+                                 labels=["state"])
+        for state, count in snap.connections.items():
+            held.add_metric([state], count)
+        yield held
         yield GaugeMetricFamily("prefork_worker_target", "Workers the serving generation keeps now (scaling moves it).",
                                 value=snap.worker_target)
         if snap.worker_bounds:

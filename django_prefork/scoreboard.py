@@ -42,6 +42,7 @@ import time
 from bisect import bisect_left
 
 from .heartbeat import RECORD_SIZE, debugging_in, request_in
+from .lifecycle import BOOTING, FREE, IDLE, STATE_NAMES, slot_state
 
 MAGIC = b"PREFORK\x01"
 BLOCKS = 8  # generations alive at once: serving, booting, and a few still stopping
@@ -52,9 +53,8 @@ SLOT_SIZE = 2048
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 RESTART_REASONS = ("timeout", "max_requests", "memory", "crash")
+CONNECTION_STATES = ("reading", "waiting", "writing", "idle", "lingering")  # reactor.STATES
 
-FREE, BOOTING, IDLE, BUSY, DEBUGGING = range(5)
-STATE_NAMES = {FREE: "free", BOOTING: "booting", IDLE: "idle", BUSY: "busy", DEBUGGING: "debugging"}
 
 _HEADER = struct.Struct("@8sIII")  # magic, blocks, slots per block, master pid
 _PID = struct.Struct("@I")
@@ -65,12 +65,15 @@ _COUNTERS_AT = 128
 _MEMORY = struct.Struct("@QQ")  # RSS, USS in bytes, as the arbiter last read them
 _MEMORY_AT = _COUNTERS_AT + _COUNTERS.size
 _HEARTBEAT_AT = 512  # the heartbeat record, to the slot's end
+_CONNECTIONS = struct.Struct("@5I")  # held by state: reading, waiting, writing, idle, lingering
+_CONNECTIONS_AT = 64
 _STARTED = struct.Struct("@d")  # the record's first field: the request's start, 0 when none
 # The block record: seq, generation, in use, restarts by reason, then the counters of its dead workers.
 _RECORD = struct.Struct(f"@QII{len(RESTART_REASONS)}Q")
 # Then the arbiter's capacity: its worker target, floor, ceiling; scaling events up and down.
 _CAPACITY = struct.Struct("@IIIxxxxQQ")
 _CAPACITY_AT = _RECORD.size
+assert _IDENTITY.size <= _CONNECTIONS_AT and _CONNECTIONS_AT + _CONNECTIONS.size <= _COUNTERS_AT
 assert _MEMORY_AT + _MEMORY.size <= _HEARTBEAT_AT and SLOT_SIZE - _HEARTBEAT_AT >= RECORD_SIZE
 assert _CAPACITY_AT + _CAPACITY.size <= _COUNTERS_AT
 
@@ -224,8 +227,7 @@ class Scoreboard:
                 continue
             record = memoryview(self.mm)[at + _HEARTBEAT_AT:at + SLOT_SIZE]
             request = request_in(record)
-            if state == IDLE:
-                state = DEBUGGING if debugging_in(record) else BUSY if request else IDLE
+            state = slot_state(state, request is not None, debugging_in(record))
             record.release()
             rss, uss = _MEMORY.unpack_from(self.mm, at + _MEMORY_AT)
             counters = Counters(_COUNTERS.unpack_from(self.mm, at + _COUNTERS_AT))
@@ -235,6 +237,7 @@ class Scoreboard:
                 "request": request[0] if request else None,
                 "request_age": round(now - request[1], 3) if request else None,
                 "requests": counters.requests, "rss": rss or None, "uss": uss or None,
+                "connections": dict(zip(CONNECTION_STATES, _CONNECTIONS.unpack_from(self.mm, at + _CONNECTIONS_AT))),
                 "counters": counters,
             })
         return rows
@@ -269,6 +272,10 @@ class SlotWriter:
 
     def booted(self):
         self.mm[self.at] = IDLE
+
+    def set_connections(self, counts):
+        """The connections the worker holds, by state (reactor.STATES order)."""
+        _CONNECTIONS.pack_into(self.mm, self.at + _CONNECTIONS_AT, *counts.values())
 
     def end_request(self, status, sent):
         """The request is over: its figures counted, its heartbeat record cleared."""

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .scoreboard import RESTART_REASONS, Counters
+from .scoreboard import CONNECTION_STATES, RESTART_REASONS, Counters
 from .sockets import listen_queue
 
 BUSY_STATES = ("busy", "debugging")  # a worker in either holds a request
@@ -52,6 +52,7 @@ class WorkerInfo:
     rss: Optional[int]  # bytes; None when not read (yet)
     uss: Optional[int]
     generation: int
+    connections: Optional[dict] = None  # held by state: reading, waiting, writing, idle, lingering
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,15 @@ class Snapshot:
     reloads: dict  # {"ok": n, "failed": n}
     restarts: dict  # by reason, every reason present
     totals: Counters
+
+    @property
+    def connections(self):
+        """Connections every worker holds, by state."""
+        total = dict.fromkeys(CONNECTION_STATES, 0)
+        for worker in self.workers:
+            for state, count in (worker.connections or {}).items():
+                total[state] += count
+        return total
 
     @property
     def busy(self):

@@ -16,26 +16,25 @@ timeout, so a client that stopped reading cannot hold the worker until
 the SIGKILL 2 s later. A worker held by pdb ignores SIGABRT (debugger.py).
 """
 
-import _socket
 import gc
 import logging
 import os
-import select
 import signal
 import sys
 import time
 import traceback
-from socket import SHUT_WR, SOCK_STREAM
 
 from . import debugger, heartbeat
+from .lifecycle import ANSWER_TIMEOUT, idle_wait
 from .signals import die_with_parent, drain, signal_wakeup_pipe
-from .sockets import queued_connections, set_io_timeout
-from .wsgi import ClientDisconnected, Response, WorkerContext, log_request, serve_connection
+from .sockets import queued_connections
+from .reactor import Reactor
+from .transport import ClientDisconnected
+from .wsgi import Response, WorkerContext, answer_error, log_request, serve_connection
 
 log = logging.getLogger("django_prefork")
 
 BOOT_ERROR = 3  # exit code: the app could not be loaded
-ANSWER_TIMEOUT = 0.5  # seconds the timeout's 500 may take to send, then to see the client close
 
 
 class SyncWorker:
@@ -51,7 +50,9 @@ class SyncWorker:
         self.recycle = False  # SIGUSR2: finish the request in hand, then exit (its successor runs already)
         self.served = 0
         self.max_requests = max_requests  # this worker's own, jitter included; 0 = never
-        self.contexts = []  # one WorkerContext a listener
+        self.contexts = {}  # listener fd -> its WorkerContext
+        self.context_of_request = None  # the context of the request in the app slot
+        self.reactor = None
 
     def run(self):
         code = 0
@@ -116,12 +117,11 @@ class SyncWorker:
     def answer_timed_out(self):
         """500 to the client of the request in hand, if no response head went out yet."""
         current = self.heartbeat.current_request()
-        response = next((c.response for c in self.contexts
-                         if c.response is not None and c.response.conn.fileno() != -1), None)
-        if current is None or response is None or response.head_sent:
+        response = self.context_of_request.response if self.context_of_request is not None else None
+        if current is None or response is None or response.head_sent or response.conn.sock.fileno() == -1:
             return  # idle, or the client already has a status: closing tells it the rest
         conn = response.conn
-        set_io_timeout(conn, ANSWER_TIMEOUT)
+        conn.drop_output()
         age = time.monotonic() - current[1]
         body = f"500 Internal Server Error: the request timed out after {age:.0f} s\n".encode()
         answer = Response(conn, response.head_only, response.http11, io_timeout=ANSWER_TIMEOUT)
@@ -134,15 +134,7 @@ class SyncWorker:
             return
         if self.config.access_log:
             log_request(current[0], 500, len(body))
-        try:
-            # Let the client read it before the close: wait (briefly) for its
-            # own close, so unread input cannot turn our close into a reset.
-            conn.shutdown(SHUT_WR)
-            deadline = time.monotonic() + ANSWER_TIMEOUT
-            while time.monotonic() < deadline and conn.recv(65536):
-                pass
-        except OSError:
-            pass
+        conn.linger()  # let the client read it before the close
 
     def boot(self):
         self.heartbeat.notify()
@@ -164,66 +156,79 @@ class SyncWorker:
         return app
 
     def serve_forever(self, app):
-        # The C-level accept and socket type: socket.socket's Python wrappers
-        # (family enums, io refcounts) cost more per request than the syscalls.
-        contexts = [(listener.sock._accept, listener.sock.family.value, WorkerContext(app, listener, self.config, self.heartbeat))
-                   for listener in self.listeners]
-        self.contexts = [context for _, _, context in contexts]
+        """notify → accept → handle, the sync worker's loop, around an event loop that
+        holds every connection until its request is complete (reactor.py)."""
+        reactor = self.reactor = Reactor(self.listeners, self.config, self.wakeup_r, self.refuse, self.end_request)
+        self.contexts = {fd: WorkerContext(app, listener, self.config, self.heartbeat, self.last_request,
+                                               reactor.may_queue)
+                         for fd, listener in ((l.fileno(), l) for l in self.listeners)}
+        reactor.limits = next(iter(self.contexts.values())).limits
         notify = self.heartbeat.notify
-        if self.slot is not None:
-            end_request = self.slot.end_request  # counts it, then clears the heartbeat's record
-        else:
-            def end_request(status, sent, clear=self.heartbeat.end_request):
-                clear()
-        wait = self.config.timeout / 2 if self.config.timeout else 1.0
-        readable = [listener.sock for listener in self.listeners] + [self.wakeup_r]
-        queued = None  # after TERM: how many queued connections we may still take
+        wait = idle_wait(self.config.timeout)
         while True:
             notify()
-            accepted = False
-            for accept, family, context in contexts:
-                if not self.alive:
-                    if queued is None:
-                        queued = queued_connections(self.listeners, self.config.backlog)
-                    if queued <= 0:
-                        break
-                try:
-                    fd, client = accept()
-                except BlockingIOError:
-                    continue
-                conn = _socket.socket(family, SOCK_STREAM, 0, fd)
-                accepted = True
-                status = sent = 0
-                try:
-                    status, sent = serve_connection(conn, client, context)
-                except Exception:
-                    # serve_connection answers everything a client or the app can do; this
-                    # is a bug of ours, and one connection must not cost the worker its life.
-                    log.exception("worker %d (pid %d): serving a connection failed", self.number, os.getpid())
-                finally:
-                    conn.close()
-                    end_request(status, sent)
-                if queued is not None:
-                    queued -= 1
-                self.served += 1
-                if self.max_requests and self.served >= self.max_requests:
-                    log.info("worker %d (pid %d) served %d requests; recycling", self.number, os.getpid(), self.served)
-                    return
-                if self.recycle:
-                    return
-            if accepted:
-                continue  # more may be waiting: no select() after a successful accept
-            if not self.alive or self.recycle:
-                return  # TERM, and nothing (more) queued for us; or recycled
+            if self.leaving() and not reactor.stopping:
+                reactor.stop(self.queued_at_stop())  # accept no more (TERM: what is queued), finish what is held
+            conn = reactor.next_request()
+            if conn is not None:
+                self.handle(conn)
+                continue
+            if reactor.stopping and reactor.drained():
+                return
             if os.getppid() != self.ppid:
                 log.warning("worker %d (pid %d): the arbiter is gone; exiting", self.number, os.getpid())
                 return
-            try:
-                ready, _, _ = select.select(readable, [], [], wait)
-            except InterruptedError:
-                continue
-            if self.wakeup_r in ready:
+            if reactor.wait(wait):
                 drain(self.wakeup_r)
+            self.publish_connections()
+
+    def handle(self, conn):
+        """The app slot: one complete request, its response handed back to the event loop."""
+        context = self.context_of_request = self.contexts[conn.listener_fd]
+        status = sent = 0
+        try:
+            status, sent = serve_connection(conn, context)
+        except Exception:
+            # serve_connection answers everything a client or the app can do; this
+            # is a bug of ours, and one connection must not cost the worker its life.
+            log.exception("worker %d (pid %d): serving a request failed", self.number, os.getpid())
+            conn.keep_alive = False
+        finally:
+            self.end_request(status, sent)
+            self.context_of_request = None
+        self.served += 1
+        self.reactor.answered(conn)
+        if self.max_requests and self.served >= self.max_requests and not self.recycle:
+            log.info("worker %d (pid %d) served %d requests; recycling", self.number, os.getpid(), self.served)
+            self.recycle = True
+
+    def refuse(self, conn, exc):
+        """The server's own answer to a request the event loop will not pass on (4xx, 503)."""
+        return answer_error(conn, exc, self.contexts[conn.listener_fd], request_line=None)
+
+    def end_request(self, status, sent):
+        if self.slot is not None:
+            self.slot.end_request(status, sent)  # counts it, then clears the heartbeat's record
+        else:
+            self.heartbeat.end_request()
+
+    def leaving(self):
+        """TERM, a recycle (USR2, max requests): every connection closes after its response."""
+        return not self.alive or self.recycle
+
+    def last_request(self):
+        """Is the request in hand this worker's last? Its response then says Connection: close."""
+        return self.leaving() or bool(self.max_requests and self.served + 1 >= self.max_requests)
+
+    def queued_at_stop(self):
+        """After TERM: the connections already queued are served; a recycle leaves them to the successor."""
+        if self.recycle:
+            return 0
+        return queued_connections(self.listeners, self.config.backlog)
+
+    def publish_connections(self):
+        if self.slot is not None:
+            self.slot.set_connections(self.reactor.counts())
 
 
 def _flush_std_streams():

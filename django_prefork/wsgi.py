@@ -1,19 +1,19 @@
-"""WSGI (PEP 3333): one connection in, one request served, the connection closed.
+"""WSGI (PEP 3333): a complete request in, the app's response checked and out.
 
-`serve()` is the whole per-request path: read the head, build environ, call
-the app, write the response, log it. Everything it needs that does not change
-between requests (the base environ, the limits) is prepared once per worker
-in `Server`.
+`serve_connection()` is the app slot's whole per-request path: build environ,
+call the app, check and frame its response, log it. It gets a connection
+whose request the event loop (reactor.py) has read, and leaves it with
+`keep_alive` saying whether it may carry another request; every byte goes
+through the connection (transport.py), never a socket call of its own.
+Everything that does not change between requests (the base environ, the
+limits) is prepared once per worker in `WorkerContext`.
 """
 
-import fcntl
 import logging
 import os
 import re
-import select
 import socket
 import sys
-import termios
 import time
 from email.utils import formatdate
 
@@ -21,8 +21,8 @@ from django.utils.log import log_message
 
 from . import __version__
 from .conf import forwarded_trust
-from .http import TOKEN, Body, ClientGone, HTTPError, Limits, decode_path, read_request, reason_phrase, split_target
-from .sockets import set_io_timeout
+from .http import TOKEN, Body, HTTPError, Limits, decode_path, reason_phrase, split_target
+from .transport import ClientDisconnected, check_deadline
 
 log = logging.getLogger("django_prefork")
 access_log = logging.getLogger("django.server")
@@ -39,19 +39,12 @@ _CONTROL_BYTES = bytes(b for b in range(0x20) if b != 0x09) + b"\x7f"  # CR and 
 _NAME_KINDS = {}  # response header name: its kind, below (see _name_kind)
 _STATUSES = {}  # status line: its code (see _status_code)
 _PLAIN, _HOP_BY_HOP, _CONTENT_LENGTH, _DATE = "plain", "hop-by-hop", "content-length", "date"
-_LINGER_SECONDS = 1.0
-_LINGER_BYTES = 4 * 1024 * 1024
-_PROGRESS_LOOK = 0.5  # seconds between two looks at a slow reader's progress
-_DONTWAIT = socket.MSG_DONTWAIT
-SENDFILE_CHUNK = 1 << 30
+# How a head ends: the connection closes after it, or stays (HTTP/1.1's default, HTTP/1.0 when asked).
+_END_CLOSE, _END_KEEP_11, _END_KEEP_10 = "Connection: close\r\n\r\n", "\r\n", "Connection: keep-alive\r\n\r\n"
 
 
 class InvalidHeader(ValueError):
     """The app gave a header that would split or corrupt the response."""
-
-
-class ClientDisconnected(Exception):
-    """The client hung up while we wrote to it: worth a debug line, not an error."""
 
 
 class FileWrapper:
@@ -74,8 +67,11 @@ class WorkerContext:
 
     response = None  # the latest Response: a timed-out worker answers its client 500 through it
 
-    def __init__(self, app, listener, config, heartbeat):
+    def __init__(self, app, listener, config, heartbeat, stopping=lambda: False, may_queue=None):
         self.app = app
+        self.keepalive = config.keepalive
+        self.stopping = stopping  # callable: the worker is on its way out, every connection closes
+        self.may_queue = may_queue  # callable(bytes): may the event loop finish a response this long
         self.start_request = heartbeat.start_request  # names the request if it hangs
         self.client_timeout = config.client_timeout
         self.limits = Limits(
@@ -90,8 +86,6 @@ class WorkerContext:
         self.unix = listener.sock.family == socket.AF_UNIX
         # A unix socket's peer is the proxy on this machine: trusted, as gunicorn does.
         self.trusts_forwarded = (lambda host: True) if self.unix else forwarded_trust(config.forwarded_allow_ips)
-        if not self.unix:
-            set_io_timeout(listener.sock, self.client_timeout)  # inherited by each connection
         self.base_environ = {
             "SCRIPT_NAME": "",
             "SERVER_NAME": listener.host,
@@ -108,25 +102,29 @@ class WorkerContext:
         }
 
 
-def serve_connection(conn, client, context):
-    """Serve the one request on `conn`; return (status, body bytes sent) for the scoreboard.
+def serve_connection(conn, context):
+    """Run the app on the request `conn` holds, complete; return (status, body bytes sent).
 
-    Never raises for anything a client does. (0, 0): no request came.
+    Never raises for anything a client does. Afterwards `conn.keep_alive` says
+    whether the connection may carry another request, and what the client
+    has not taken yet is queued on `conn` for the event loop to finish.
     """
-    if context.unix:
-        set_io_timeout(conn, context.client_timeout)  # unix sockets do not inherit it
+    request = conn.reader.request
+    context.start_request(request.method, request.target)
     try:
-        request = read_request(conn, context.limits)
-        context.start_request(request.method, request.target)
-        environ = build_environ(context, request, client)
-        environ["wsgi.input"] = Body(conn, request)
-    except ClientGone:
-        return 0, 0
+        environ = build_environ(context, request, conn.client)
     except HTTPError as exc:
+        conn.keep_alive = False
         return answer_error(conn, exc, context, request_line=None)
+    if request.buffer is not None:
+        environ["wsgi.input"] = request.buffer.as_input()
+    else:
+        environ["wsgi.input"] = Body(conn.sock, request)
+    keep_alive = context.keepalive and request.keep_alive and request.complete and not context.stopping()
     response = Response(conn, environ["REQUEST_METHOD"] == "HEAD", request.version == "1.1", request.deadline,
-                        context.client_timeout)
+                        context.client_timeout, keep_alive, context.may_queue)
     context.response = response  # the one store per request the timeout's 500 needs
+    conn.deadline = request.deadline  # what the event loop leaves unsent is bound by it too
     try:
         result = context.app(environ, response.start_response)
         try:
@@ -137,22 +135,28 @@ def serve_connection(conn, client, context):
                 result.close()
     except ClientDisconnected as exc:
         log.debug("client %s hung up mid-response: %s", environ["REMOTE_ADDR"], exc)
+        conn.keep_alive = False
+        conn.drop_output()
         return response.status_code, response.body_sent
     except Exception:
         if request.error is None:  # else the app only met the client's error: answer that
             log.exception("Error serving %s %s", environ["REQUEST_METHOD"], environ["RAW_URI"])
         if not response.head_sent:  # after it, closing the connection tells the client
             request.error = request.error or HTTPError(500, "Internal Server Error")
+        response.keep_alive = False
+    finally:
+        if request.buffer is not None:
+            request.buffer.close()
     if request.error is not None and not response.head_sent:
         request.error.head_only = response.head_only
+        conn.keep_alive = False
         return answer_error(conn, request.error, context, _request_line(environ))
     if response.short_by:
         log.warning('"%s": response body %d bytes shorter than its Content-Length', _request_line(environ),
                     response.short_by)
+    conn.keep_alive = response.keep_alive and not response.short_by and request.complete
     if context.access_log:
         log_request(_request_line(environ), response.status_code, response.body_sent)
-    if not request.complete or _unread_input(conn):
-        linger(conn)
     return response.status_code, response.body_sent
 
 
@@ -218,12 +222,14 @@ class Response:
     to HTTP/1.0, delimited by the close. HEAD, 1xx, 204 and 304 have no body.
     """
 
-    def __init__(self, conn, head_only, http11, deadline=None, io_timeout=0):
+    def __init__(self, conn, head_only, http11, deadline=None, io_timeout=0, keep_alive=False, may_queue=None):
         self.conn = conn
         self.head_only = head_only
         self.http11 = http11
         self.deadline = deadline  # a callable: the monotonic time the response must be out by (the watchdog's)
         self.io_timeout = io_timeout  # the longest the client may read nothing: the client timeout (0 = no limit)
+        self.keep_alive = keep_alive  # the connection may stay open after it (the head says so)
+        self.may_queue = may_queue  # callable(bytes): may the event loop finish sending this many? None: never
         self.sends = 0
         self.status = None
         self.status_code = 0
@@ -282,10 +288,14 @@ class Response:
             lines.append(f"{name}: {value}\r\n")
         if not has_date:
             lines.append(f"Date: {http_date()}\r\n")
-        if self.has_body and self.remaining is None and self.http11:
-            self.chunked = True
-            lines.append("Transfer-Encoding: chunked\r\n")
-        lines.append("Connection: close\r\n\r\n")
+        if self.has_body and self.remaining is None:
+            if self.http11:
+                self.chunked = True
+                lines.append("Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # HTTP/1.0 without a length: the close delimits the body
+        end = _END_CLOSE if not self.keep_alive else _END_KEEP_11 if self.http11 else _END_KEEP_10
+        lines.append(end)
         try:
             head = "".join(lines).encode("latin-1")
         except UnicodeEncodeError:
@@ -295,7 +305,7 @@ class Response:
         # there (one CRLF a line, two at the end), and no other control at all.
         # Deleting every control byte must remove exactly our 2 x crlf bytes:
         # a name or value can only add to them. One C pass, no regex.
-        crlf = len(lines) + 1
+        crlf = len(lines) - 1 + end.count("\r\n")
         if len(head) - len(head.translate(None, _CONTROL_BYTES)) != 2 * crlf:
             bad = next(((n, v) for n, v in self.headers if _BAD_VALUE.search(f"{n}{v}") or _CONTROL.search(f"{n}{v}")),
                        ("?", "?"))
@@ -338,57 +348,22 @@ class Response:
                 self._send(data)
 
     def _send(self, data):
-        # Non-blocking sends, and poll() for room when the client's buffers are
-        # full: each wait is bounded by the client timeout and the deadline. A
-        # blocking send bounded by SO_SNDTIMEO was not enough: on a loaded
-        # machine one was seen to block past its 2 s for more than 5, until the
-        # watchdog killed the worker. The common small response is one call.
-        sent = 0
-        try:
-            if self.sends:
-                self._check_deadline()
-            self.sends += 1
-            while True:
-                try:
-                    sent += self.conn.send(memoryview(data)[sent:] if sent else data, _DONTWAIT)
-                except BlockingIOError:
-                    pass  # not a byte of room yet
-                if sent >= len(data):
-                    return
-                self._wait_for_room()
-        except OSError as exc:
-            raise ClientDisconnected(str(exc)) from exc
-
-    def _check_deadline(self):
-        """Seconds left before the response must be out (None: no deadline); past it, give up."""
-        deadline = self.deadline() if self.deadline is not None else None
-        if deadline is None:
-            return None
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise ClientDisconnected("the client read the response too slowly for PREFORK_TIMEOUT")
-        return left
-
-    def _wait_for_room(self):
-        """Until the client has read enough for more to go out. A client that reads,
-        however slowly, may take until the deadline (the watchdog's, less its
-        notice); one that reads nothing for the client timeout is given up."""
-        poller = select.poll()
-        poller.register(self.conn, select.POLLOUT)
-        heard, unacked = time.monotonic(), _unacked(self.conn)
-        while True:
-            left = self._check_deadline()
-            silent = time.monotonic() - heard
-            if self.io_timeout and silent >= self.io_timeout:
-                raise ClientDisconnected(f"the client read nothing for {self.io_timeout:g} s")
-            # POLLOUT waits for much of the buffer to drain: look for progress meanwhile.
-            wait = min(w for w in (left, self.io_timeout - silent if self.io_timeout else None, _PROGRESS_LOOK)
-                       if w is not None)
-            if poller.poll(wait * 1000):
+        # What the client does not take at once is left to the event loop when
+        # there is room (the app slot moves on to the next request), else sent
+        # here, waiting for the client within the client timeout and the deadline.
+        conn = self.conn
+        if self.sends:
+            check_deadline(self.deadline)
+        self.sends += 1
+        if not conn.out and conn.out_file is None:
+            sent = conn.send_some(data)
+            if sent >= len(data):
                 return
-            now_unacked = _unacked(self.conn)
-            if now_unacked is not None and unacked is not None and now_unacked < unacked:
-                heard, unacked = time.monotonic(), now_unacked  # it read (and acknowledged) some
+            data = memoryview(data)[sent:]
+        if self.may_queue is not None and self.may_queue(len(data)):
+            conn.queue(data if type(data) is not bytearray else bytes(data))
+        else:
+            conn.send(data, self.deadline, self.io_timeout)
 
     def send(self, result):
         """Send the app's iterable; only a body sent to its end gets the last chunk."""
@@ -413,33 +388,21 @@ class Response:
             self.short_by = self.remaining
 
     def _sendfile(self, filelike):
-        # Our own loop, not socket.sendfile(): its waits would know neither
-        # the client timeout nor the deadline; ours are _wait_for_room's.
         try:
             offset = filelike.tell()
         except (AttributeError, OSError):
             offset = 0
-        out, src = self.conn.fileno(), filelike.fileno()
-        os.set_blocking(out, False)  # as _send: waits in poll(), bounded (sendfile has no MSG_DONTWAIT)
-        try:
-            while self.remaining is None or self.remaining > 0:
-                self._check_deadline()
-                count = SENDFILE_CHUNK if self.remaining is None else min(self.remaining, SENDFILE_CHUNK)
-                try:
-                    sent = os.sendfile(out, src, offset, count)
-                except BlockingIOError:
-                    self._wait_for_room()
-                    continue
-                except OSError as exc:
-                    raise ClientDisconnected(str(exc)) from exc
-                if not sent:
-                    break  # end of file
-                offset += sent
-                self.body_sent += sent
-                if self.remaining is not None:
-                    self.remaining -= sent
-        finally:
-            os.set_blocking(out, True)
+        if self.may_queue is not None and self.may_queue(0):
+            # The event loop sends it with no copy, from a descriptor of its own:
+            # the app's close() of the file (now, at the end of the request) cannot cut it.
+            self.conn.queue_file(os.dup(filelike.fileno()), offset, self.remaining)
+            self.body_sent += self.remaining or max(0, os.fstat(filelike.fileno()).st_size - offset)
+            self.remaining = 0 if self.remaining is not None else None
+            return
+        sent = self.conn.sendfile(filelike.fileno(), offset, self.remaining, self.deadline, self.io_timeout)
+        self.body_sent += sent
+        if self.remaining is not None:
+            self.remaining -= sent
 
 
 def _has_length(headers):
@@ -507,7 +470,12 @@ def http_date():
 
 
 def answer_error(conn, exc, context, request_line):
-    """The server's own answer (4xx, 5xx), through the same Response as the app's."""
+    """The server's own answer (4xx, 5xx), through the same Response as the app's.
+
+    The connection closes after it: the caller lingers on it first, unless
+    the client was too slow for us (408) and gets no more of our time.
+    """
+    conn.keep_alive = False
     body = f"{exc.status} {exc.reason}\n".encode("latin-1", "replace")
     response = Response(conn, head_only=exc.head_only, http11=True, io_timeout=context.client_timeout)
     response.start_response(
@@ -522,59 +490,7 @@ def answer_error(conn, exc, context, request_line):
         log.info("answered %d to %s: %s", exc.status, request_line or "a malformed request", exc.reason)
     if context.access_log:
         log_request(request_line or "-", exc.status, len(body))
-    if exc.status != 408:  # a client too slow for us gets no more of our time
-        linger(conn)
     return exc.status, response.body_sent
-
-
-_UNREAD = bytearray(4)
-_NONE = bytes(4)
-_OUTQ = bytearray(4)
-
-
-def _unacked(conn):
-    """Bytes sent on `conn` the client has not acknowledged yet (Linux SIOCOUTQ); None elsewhere."""
-    try:
-        fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, _OUTQ)
-    except (AttributeError, OSError):
-        return None
-    return int.from_bytes(_OUTQ, sys.byteorder)
-
-
-def _unread_input(conn):
-    """Has the client sent bytes we did not read (a pipelined request, excess body)?
-
-    Closing over unread input makes the kernel answer with RST, which can
-    destroy our response in the client's buffer before it is read.
-    """
-    try:
-        fcntl.ioctl(conn.fileno(), termios.FIONREAD, _UNREAD)  # half the cost of a MSG_PEEK's EAGAIN
-    except OSError:
-        return False
-    return _UNREAD != _NONE
-
-
-def linger(conn):
-    """Read what the client still sends before closing, so our answer is not lost.
-
-    Closing a socket with unread input makes the kernel send RST, which can
-    destroy the response in the client's receive buffer before it reads it.
-    """
-    try:
-        conn.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + _LINGER_SECONDS
-        drained = 0
-        while drained < _LINGER_BYTES:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            conn.settimeout(remaining)
-            data = conn.recv(65536)
-            if not data:
-                break
-            drained += len(data)
-    except OSError:
-        pass
 
 
 def _request_line(environ):

@@ -20,9 +20,16 @@ def serve():
 
 @pytest.fixture(scope="module")
 def server():
-    """One worker serving tests/fixtureapp/rawapps.py, shared by a test module."""
+    """One worker serving tests/fixtureapp/rawapps.py, shared by a test module.
+
+    Without keep-alive: every response closes its connection, so the tests
+    here read a response to its end by reading to the close, and whatever
+    follows a message is never answered. Persistent connections have their
+    own module, test_keepalive.py.
+    """
     srv = Server(settings={
         "PREFORK_WORKERS": 1,
+        "PREFORK_KEEPALIVE": 0,
         "PREFORK_CLIENT_TIMEOUT": 2,
         "PREFORK_ACCESS_LOG": True,
         "WSGI_APPLICATION": "tests.fixtureapp.rawapps.application",

@@ -38,6 +38,13 @@ def busy_workers(server):
     return fetch_status(server.pid)["busy"]
 
 
+def held_connections(server):
+    """Client connections the workers hold, by state (reading, waiting, writing, idle, lingering)."""
+    from django_prefork.management.commands.preforkstatus import fetch_status
+
+    return fetch_status(server.pid)["connections"]
+
+
 def metrics_url(server, timeout=10):
     """The address a server with PREFORK_METRICS on port 0 bound, as its master logs it."""
     match = server.wait_for(METRICS_AT, timeout)

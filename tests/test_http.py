@@ -184,9 +184,25 @@ def test_expect_100_continue_is_sent_when_the_app_reads(server):
     assert status_of(response) == 200 and json.loads(split(response)[1])["body"] == "hello"
 
 
-def test_no_100_continue_when_the_app_answers_without_reading(server):
+def test_no_100_continue_when_the_app_answers_without_reading(serve):
+    # Streamed bodies (PREFORK_BUFFER_BODY = None): the app decides whether the upload comes at all.
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_KEEPALIVE": 0, "PREFORK_BUFFER_BODY": None,
+                             "WSGI_APPLICATION": "tests.fixtureapp.rawapps.application"})
     response = send(server, head(b"POST /reject HTTP/1.1", b"Host: x", b"Expect: 100-continue",
                                  b"Content-Length: 1000000"), half_close=False)
+    assert status_of(response) == 413 and b"100 Continue" not in response
+
+
+def test_a_buffering_server_answers_100_continue_itself(server):
+    # As nginx does: the body is read before the app is asked, so the server invites it.
+    sock = server.connect()
+    try:
+        sock.sendall(head(b"POST /reject HTTP/1.1", b"Host: x", b"Expect: 100-continue", b"Content-Length: 5"))
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        response = receive_all(sock)
+    finally:
+        sock.close()
     assert status_of(response) == 413 and b"100 Continue" not in response
 
 

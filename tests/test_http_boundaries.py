@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .helpers import Server, busy_workers, head, receive_all, send, split, status_of, wait_until, worker_pid
+from .helpers import Server, busy_workers, head, held_connections, receive_all, send, split, status_of, wait_until, worker_pid
 
 RAW_APPS = "tests.fixtureapp.rawapps.application"
 GET = head(b"GET /x/SMUGGLED?id=2 HTTP/1.1", b"Host: x")
@@ -164,7 +164,7 @@ def test_a_trailer_flood_is_431_at_once_and_costs_nothing(server, first, more):
 # -- bodies --------------------------------------------------------------------
 
 def test_a_body_read_whole_costs_about_its_size(serve):
-    server = serve(settings={"PREFORK_WORKERS": 1, "WSGI_APPLICATION": RAW_APPS})
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_KEEPALIVE": 0, "WSGI_APPLICATION": RAW_APPS})
     size = 64 * 1024 * 1024
     block = b"x" * (1 << 20)
     for framing in ("length", "chunked"):
@@ -200,7 +200,7 @@ def test_upgrade_is_not_honoured_and_the_body_is_read(server):
 @pytest.fixture(scope="module")
 def two_workers():
     srv = Server(settings={
-        "PREFORK_WORKERS": 2, "PREFORK_CLIENT_TIMEOUT": 2, "PREFORK_TIMEOUT": 20, "WSGI_APPLICATION": RAW_APPS,
+        "PREFORK_WORKERS": 2, "PREFORK_KEEPALIVE": 0, "PREFORK_CLIENT_TIMEOUT": 2, "PREFORK_TIMEOUT": 20, "WSGI_APPLICATION": RAW_APPS,
     })
     srv.start()
     srv.wait_workers(2)
@@ -231,8 +231,35 @@ def trickle(server, rate, seconds, results, name):
         sock.close()
 
 
-def test_two_trickling_uploads_get_408_and_the_workers_serve_on(two_workers):
+def test_two_trickling_uploads_get_408_and_never_hold_a_worker(two_workers):
     server = two_workers
+    workers = server.wait_workers(2)
+    results = {}
+    threads = [threading.Thread(target=trickle, args=(server, 1024, 20, results, i)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: held_connections(server)["reading"] == 2, message="both uploads held by the event loops")
+    assert busy_workers(server) == 0  # buffered: the app never sees an upload before it is whole
+    longest_wait = 0.0
+    while any(t.is_alive() for t in threads):
+        started = time.monotonic()
+        assert status_of(send(server, head(b"GET /rss HTTP/1.1", b"Host: x"), timeout=15)) == 200
+        longest_wait = max(longest_wait, time.monotonic() - started)
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join()
+    # CLIENT_TIMEOUT 2 s free, then a 2 s window short of 4096 bytes/s: cut at about 4 s.
+    assert [status for status, _ in results.values()] == [408, 408], results
+    assert all(seconds < 5.5 for _, seconds in results.values()), results
+    assert longest_wait < 1, longest_wait
+    assert server.worker_pids() == workers, "a worker died"
+    assert "timed out" not in server.output
+
+
+def test_two_trickling_streamed_uploads_get_408_and_the_workers_serve_on(serve):
+    # PREFORK_BUFFER_BODY = None: the app reads the body as it comes, so the upload holds the worker.
+    server = serve(settings={"PREFORK_WORKERS": 2, "PREFORK_KEEPALIVE": 0, "PREFORK_BUFFER_BODY": None,
+                             "PREFORK_CLIENT_TIMEOUT": 2, "PREFORK_TIMEOUT": 20, "WSGI_APPLICATION": RAW_APPS})
     workers = server.wait_workers(2)
     results = {}
     threads = [threading.Thread(target=trickle, args=(server, 1024, 20, results, i)) for i in range(2)]
@@ -451,9 +478,9 @@ def test_early_bytes_do_not_pay_for_later_silence(two_workers):
     assert server.worker_pids() == workers and "timed out" not in server.output
 
 
-def test_a_body_too_slow_for_the_timeout_is_408_not_a_kill(serve):
-    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 5, "PREFORK_CLIENT_TIMEOUT": 2,
-                             "WSGI_APPLICATION": RAW_APPS})
+def test_a_streamed_body_too_slow_for_the_timeout_is_408_not_a_kill(serve):
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_KEEPALIVE": 0, "PREFORK_BUFFER_BODY": None,
+                             "PREFORK_TIMEOUT": 5, "PREFORK_CLIENT_TIMEOUT": 2, "WSGI_APPLICATION": RAW_APPS})
     (worker,) = server.wait_workers(1)
     results = {}
     trickle(server, 8000, 20, results, "steady")  # fast enough for the min rate, too long for the timeout
@@ -462,9 +489,24 @@ def test_a_body_too_slow_for_the_timeout_is_408_not_a_kill(serve):
     assert server.worker_pids() == [worker] and "timed out" not in server.output
 
 
+def test_a_buffered_body_longer_than_the_timeout_passes(serve):
+    # Buffered, the upload costs the worker nothing while it lasts: only the min rate bounds it.
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_KEEPALIVE": 0, "PREFORK_TIMEOUT": 4,
+                             "PREFORK_CLIENT_TIMEOUT": 2, "WSGI_APPLICATION": RAW_APPS})
+    (worker,) = server.wait_workers(1)
+    results = {}
+    thread = threading.Thread(target=trickle, args=(server, 8000, 6, results, "steady"))
+    thread.start()
+    wait_until(lambda: held_connections(server)["reading"] == 1, message="the upload held by the event loop")
+    assert server.get("/rss")[0] == 200  # the one worker serves on meanwhile
+    thread.join()
+    assert results["steady"][0] == 200, results
+    assert server.worker_pids() == [worker] and "timed out" not in server.output
+
+
 def one_worker_and_a_small_window(serve, timeout):
     """A one-worker server (client timeout 2 s) and a connection to it with a 4 KiB receive buffer."""
-    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": timeout, "PREFORK_CLIENT_TIMEOUT": 2,
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_KEEPALIVE": 0, "PREFORK_TIMEOUT": timeout, "PREFORK_CLIENT_TIMEOUT": 2,
                              "WSGI_APPLICATION": RAW_APPS})
     (worker,) = server.wait_workers(1)
     sock = socket.socket()
@@ -478,39 +520,44 @@ def test_a_client_that_reads_nothing_is_given_up_after_the_client_timeout(serve)
     try:
         started = time.monotonic()
         sock.sendall(head(b"GET /stream-big HTTP/1.1", b"Host: x"))  # 16 MB, and we read none of it
-        wait_until(lambda: busy_workers(server) == 1, message="the worker sending to the client that reads nothing")
+        wait_until(lambda: held_connections(server)["writing"] == 1, message="the response left to the event loop")
         status, _ = server.get("/rss", timeout=15)
-        after = time.monotonic() - started
+        answered = time.monotonic() - started
+        wait_until(lambda: held_connections(server)["writing"] == 0, timeout=10, message="the silent reader dropped")
+        dropped = time.monotonic() - started
     finally:
         sock.close()
-    # Given up after 2 s of silence, long before the deadline (28 s).
-    assert status == 200 and 1.5 < after < 4, after
+    # The worker served on at once; the response was given up after 2 s of silence, long
+    # before the deadline (28 s).
+    assert status == 200 and answered < 1.5, answered
+    assert 1.5 < dropped < 4, dropped
     assert server.worker_pids() == [worker] and "timed out" not in server.output
 
 
-def test_a_slow_reader_is_cut_off_before_the_watchdog(serve):
+def test_a_slow_reader_is_cut_off_at_the_deadline(serve):
     server, worker, sock = one_worker_and_a_small_window(serve, timeout=5)
     started = time.monotonic()
-    answered = {}
-
-    def other_client():
-        wait_until(lambda: busy_workers(server) == 1, message="the slow reader holding the only worker")
-        status, body = server.get("/rss", timeout=15)
-        answered["after"] = time.monotonic() - started
-        answered["status"] = status
-
-    thread = threading.Thread(target=other_client)
     try:
         sock.sendall(head(b"GET /stream-big HTTP/1.1", b"Host: x"))  # 16 MB, far more than the buffers hold
-        thread.start()
+        wait_until(lambda: held_connections(server)["writing"] == 1, message="the response left to the event loop")
+        assert server.get("/rss", timeout=15)[0] == 200
+        answered = time.monotonic() - started
         sock.settimeout(10)
-        while thread.is_alive() and time.monotonic() - started < 12:
-            sock.recv(2048)
+        received = 0
+        while time.monotonic() - started < 12:
+            try:
+                chunk = sock.recv(2048)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += len(chunk)
             time.sleep(0.05)  # about 40 KB/s
+        ended = time.monotonic() - started
     finally:
-        thread.join(15)
         sock.close()
-    # The worker gave up on the slow reader at PREFORK_TIMEOUT - 2 s and served the other client;
-    # the kernel may still be delivering what it had buffered.
-    assert answered["status"] == 200 and answered["after"] < 4.5, answered
+    # Served on at once; the slow reader cut off at PREFORK_TIMEOUT - 2 s (the kernel may still
+    # deliver what it had buffered), well short of the 16 MB.
+    assert answered < 1.5, answered
+    assert ended < 6 and received < 16_000_000, (ended, received)
     assert server.worker_pids() == [worker] and "timed out" not in server.output

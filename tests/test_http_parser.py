@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from django_prefork.http import Body, HTTPError, Limits, Request, _feed, decode_path, read_request, split_target
+from django_prefork.http import Body, BodyBuffer, HTTPError, Limits, Reader, Request, _feed, decode_path, split_target
 
 
 @pytest.mark.parametrize(
@@ -102,8 +102,10 @@ def test_a_request_read_to_its_end_leaves_no_cycle_for_the_collector(head, later
     ours, theirs = socket.socketpair()
     gc.disable()
     try:
-        theirs.sendall(head)
-        request = read_request(ours, Limits(8190, 100, 8190))
+        reader = Reader(Limits(8190, 100, 8190))
+        reader.feed(head)
+        request = reader.request
+        del reader
         theirs.sendall(later)
         assert Body(ours, request).read() == (b"hello" if b"POST" in head else b"")
         gone = weakref.ref(request)
@@ -113,3 +115,131 @@ def test_a_request_read_to_its_end_leaves_no_cycle_for_the_collector(head, later
         gc.enable()
         ours.close()
         theirs.close()
+
+
+# -- Reader: one request from bytes as they come ------------------------------------------
+
+LIMITS = Limits(8190, 100, 8190)
+GET = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+
+# (id, one request, what follows it): Reader must take exactly the request (RFC 9112 §6.3 framing).
+BOUNDARIES = [
+    ("bodiless", GET, GET),
+    ("leading-empty-lines", b"\r\n\r\n" + GET, GET),  # §2.2: empty lines before a request are skipped
+    ("content-length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", GET),
+    ("content-length-0", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"hello" + GET),
+    ("chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", GET),
+    ("chunked-crlfcrlf-in-data", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                 b"4\r\n\r\n\r\n\r\n0\r\n\r\n", GET),  # a blank line inside a chunk ends nothing
+    ("chunked-trailer", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"2\r\nhi\r\n0\r\nX-Sum: 1\r\n\r\n", GET),
+    ("chunk-extension", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"2;a=b\r\nhi\r\n0;c\r\n\r\n", GET),
+    ("upgrade-length", b"POST / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: upgrade\r\n"
+                       b"Content-Length: 2\r\n\r\nhi", GET),  # never switched: framed as any other
+]
+
+
+def feed_all(reader, data, step):
+    """Feed `data` `step` bytes at a time; return the bytes the reader did not take."""
+    at = 0
+    while at < len(data):
+        piece = data[at:at + step]
+        used = reader.feed(piece)
+        if reader.complete:
+            return data[at + used:]
+        assert used == len(piece), "an incomplete request must take everything it is given"
+        at += step
+    return b""
+
+
+@pytest.mark.parametrize("message, rest", [c[1:] for c in BOUNDARIES], ids=[c[0] for c in BOUNDARIES])
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 1 << 20])
+def test_a_reader_takes_exactly_its_message(message, rest, step):
+    reader = Reader(LIMITS, buffer_body=1024)
+    assert feed_all(reader, message + rest, step) == rest
+    assert reader.complete
+
+
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=30))
+def test_any_split_of_a_chunked_request_keeps_the_boundary(cuts):
+    message = BOUNDARIES[5][1]
+    data = message + GET
+    reader = Reader(LIMITS, buffer_body=1024)
+    at, left = 0, b""
+    for cut in cuts + [len(data)]:
+        piece = data[at:at + cut]
+        if not piece:
+            break
+        used = reader.feed(piece)
+        if reader.complete:
+            left = data[at + used:]
+            break
+        at += cut
+    assert reader.complete and left == GET
+    assert reader.request.buffer.as_input().read() == b"\r\n\r\n"
+
+
+def test_a_buffered_body_spools_to_a_file_past_its_memory():
+    reader = Reader(LIMITS, buffer_body=4)
+    reader.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhel")
+    buffer = reader.request.buffer
+    assert buffer.file is None
+    reader.feed(b"lo world")
+    assert reader.complete and buffer.file is not None
+    assert buffer.as_input().read() == b"hello worl"
+    buffer.close()
+
+
+def test_a_streamed_body_is_left_to_the_app():
+    reader = Reader(LIMITS)  # buffer_body None: the app reads the rest itself
+    reader.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhel")
+    assert reader.head_complete and not reader.complete
+    assert reader.request.buffer is None and bytes(reader.request.body) == b"hel"
+
+
+@pytest.mark.parametrize("data, status", [
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\nY: z\r\n", 431),
+    (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(102)), 431),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 900_000, 431),  # a field never ending: the head's bound
+    (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),  # RFC 9112 §3.2: Host is required on 1.1
+    (b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"e" * 9000, 431),
+])
+def test_a_reader_refuses_bad_requests_as_they_come(data, status):
+    reader = Reader(LIMITS, buffer_body=1024)
+    with pytest.raises(HTTPError) as refused:
+        feed_all(reader, data, 512)
+    assert refused.value.status == status
+
+
+def test_a_refused_head_says_whether_it_was_a_head_request():
+    reader = Reader(LIMITS)
+    with pytest.raises(HTTPError) as refused:
+        reader.feed(b"HEAD / HTTP/2.0\r\nHost: x\r\n\r\n")
+    assert refused.value.head_only
+
+
+def test_keep_alive_is_read_from_the_version_and_connection():
+    cases = {
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n": True,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n": False,
+        b"GET / HTTP/1.0\r\n\r\n": False,
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n": True,
+    }
+    for data, keep in cases.items():
+        reader = Reader(LIMITS)
+        reader.feed(data)
+        assert reader.request.keep_alive is keep, data
+
+
+def test_a_body_buffer_counts_what_it_holds():
+    buffer = BodyBuffer(8)
+    buffer.write(b"1234")
+    buffer.write(b"5678")
+    assert buffer.file is None and buffer.size == 8
+    buffer.write(b"9")
+    assert buffer.file is not None and buffer.as_input().read() == b"123456789"
+    buffer.close()

@@ -48,7 +48,8 @@ def test_the_document_is_json_with_every_key_preforkstatus_reads():
     assert doc["restarts"] == {**dict.fromkeys(RESTART_REASONS, 0), "timeout": 1}
     busy = doc["worker_list"][1]
     assert busy == {"slot": 1, "number": 2, "pid": 4302, "state": "busy", "age": 12.0, "request": "GET /slow?x=1",
-                    "request_age": 2.5, "requests": 3, "rss": None, "uss": None, "generation": 2}
+                    "request_age": 2.5, "requests": 3, "rss": None, "uss": None, "generation": 2,
+                    "connections": None}
 
 
 def test_a_listen_queue_the_kernel_cannot_count_is_absent_not_zero():

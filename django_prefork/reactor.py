@@ -1,0 +1,425 @@
+"""A worker's event loop: a request reaches the app only once it is complete.
+
+We trust the app not to starve its worker; we never trust a client. So the
+app slot (one request at a time, wsgi.py) is only ever handed a request whose
+head and body have both arrived, and it hands back a response the client has
+not taken yet instead of waiting for it. Everything a client can be slow at
+(connecting and saying nothing, trickling a head, uploading slowly, reading
+slowly, keeping an idle connection) waits here, in one epoll, costing a
+file descriptor and a few bytes of bookkeeping instead of the worker.
+
+A connection's states, and what moves it (`TRANSITIONS` holds them all)::
+
+    accept ──▶ READING ──request complete──▶ WAITING ──the app slot──▶ answered
+                 ▲  │                                                     │
+       bytes come│  └─bad request: answered──▶ LINGERING ──▶ closed       │
+                 │                                     ▲                  │
+               IDLE ◀──keep-alive────────────┬─────────┴─ close ──────────┤
+                                             │                            │
+                                        WRITING ◀──the client is slow─────┘
+
+Each state has one bound, checked by `sweep()` a few times a second
+(`DEADLINES`): a connection that never says anything is closed after the
+client timeout; a head must be whole within the client timeout of its first
+byte (else 408); a body may not go silent for the client timeout nor, after
+its first client timeout, average less than PREFORK_CLIENT_MIN_RATE over a
+window (408); an idle keep-alive connection is closed after
+PREFORK_KEEPALIVE; a response the client reads nothing of for the client
+timeout, or is still unsent at the request's deadline, is dropped; lingering
+lasts LINGER_SECONDS.
+
+The common request costs nothing extra: the listener delivers a connection
+only once its first bytes are there (TCP_DEFER_ACCEPT), so the recv right
+after accept() usually holds the whole request and it goes straight to the
+app with no epoll call; a worker that accepted last time tries accept()
+again before it polls.
+
+Bounds a worker keeps whatever clients do: PREFORK_MAX_CONNECTIONS held at
+once (when full, the oldest idle keep-alive connection is closed, or the
+worker stops accepting); request heads in memory (`HEAD_MEMORY`, 503 past
+it); bodies in memory (http.BodyBuffer: past PREFORK_BUFFER_BODY a body
+spools to a temporary file); unsent responses in memory (`QUEUE_LIMIT`,
+past it the app waits for its client as a sync worker does).
+"""
+
+import _socket
+import logging
+import select
+import time
+from collections import deque
+from socket import SOCK_STREAM, AF_UNIX
+from types import MappingProxyType
+
+from .http import HTTPError, Reader
+from .lifecycle import LINGER_SECONDS, SWEEP_EVERY
+from .sockets import set_io_timeout
+from .transport import ClientDisconnected, Connection
+
+log = logging.getLogger("django_prefork")
+
+READING, WAITING, WRITING, IDLE, LINGERING = "reading", "waiting", "writing", "idle", "lingering"
+STATES = (READING, WAITING, WRITING, IDLE, LINGERING)
+
+TRANSITIONS = MappingProxyType({
+    (READING, "request complete"): WAITING,
+    (READING, "bad request"): LINGERING,
+    (WAITING, "answered, keep-alive"): IDLE,
+    (WAITING, "answered, bytes of the next request"): READING,
+    (WAITING, "answered, the client is slow"): WRITING,
+    (WAITING, "answered, close"): LINGERING,
+    (WRITING, "sent, keep-alive"): IDLE,
+    (WRITING, "sent, close"): LINGERING,
+    (IDLE, "bytes come"): READING,
+})
+
+DEADLINES = MappingProxyType({
+    READING: "client timeout: from accept (nothing sent), the first byte (head), the last byte (body); "
+             "and the min rate over windows of a client timeout",
+    WAITING: "none: its request is whole, the app slot takes it next",
+    WRITING: "client timeout of reading nothing, and the request's deadline",
+    IDLE: "PREFORK_KEEPALIVE",
+    LINGERING: "LINGER_SECONDS",
+})
+
+HEAD_MEMORY = 32 * 1024 * 1024  # bytes of unfinished request heads a worker holds; past it: 503
+QUEUE_LIMIT = 16 * 1024 * 1024  # bytes of unsent responses a worker holds; past it the app waits
+
+_IN, _OUT = select.EPOLLIN | select.EPOLLRDHUP, select.EPOLLOUT
+_WATCH = {READING: _IN, WAITING: _IN, IDLE: _IN, LINGERING: _IN, WRITING: _OUT}
+
+
+class Reactor:
+    """The connections one worker holds, and the loop that moves them."""
+
+    def __init__(self, listeners, config, wakeup_fd, answer_error, end_request):
+        self.config = config
+        self.limits = None  # http.Limits, set by the worker with its context
+        self.answer_error = answer_error  # (conn, HTTPError) -> (status, sent): the server's own answer
+        self.end_request = end_request  # (status, sent): the scoreboard's count of a refused request
+        self.epoll = select.epoll()
+        self.wakeup_fd = wakeup_fd
+        self.epoll.register(wakeup_fd, select.EPOLLIN)
+        self.listeners = {}  # fd -> [accept, family, hot, listener]
+        for listener in listeners:
+            if listener.sock.family != AF_UNIX:
+                # Accepted TCP sockets inherit it (unix ones do not): the kernel's bound on a
+                # body streamed to the app (PREFORK_BUFFER_BODY = None).
+                set_io_timeout(listener.sock, config.client_timeout)
+            self.listeners[listener.fileno()] = [listener.sock._accept, listener.sock.family.value, True, listener]
+        self.listening = False
+        self.conns = {}  # fd -> Connection
+        self.watched = {}  # fd -> the events epoll watches for it
+        self.ready = deque()  # WAITING connections, in the order their requests completed
+        self.accepting = True
+        self.quota = None  # after a graceful stop: connections still to take from the listen queue
+        self.stopping = False
+        self.head_bytes = 0  # held in unfinished heads
+        self.queued = 0  # bytes of responses left to the loop
+        self.swept = 0.0
+
+    # -- the worker's calls ------------------------------------------------------------
+
+    def next_request(self):
+        """A connection whose request is complete, or None: nothing is ready now."""
+        if not self.ready and self.accepting:
+            self._accept_while_hot()
+        return self.ready.popleft() if self.ready else None
+
+    def wait(self, seconds):
+        """Wait for readiness (at most `seconds`) and move every connection it concerns."""
+        self._listen(self.accepting and (len(self.conns) < self.config.max_connections or self._idle()))
+        if self.conns:
+            seconds = min(seconds, SWEEP_EVERY)
+        try:
+            events = self.epoll.poll(seconds)
+        except InterruptedError:
+            events = ()
+        for fd, mask in events:
+            if fd in self.listeners:
+                self.listeners[fd][2] = True
+            elif fd != self.wakeup_fd:
+                conn = self.conns.get(fd)
+                if conn is not None:
+                    self._on_ready(conn)
+        now = time.monotonic()
+        if now - self.swept >= SWEEP_EVERY:
+            self.sweep(now)
+        return any(fd == self.wakeup_fd for fd, _ in events)
+
+    def answered(self, conn):
+        """The app slot is done with `conn`: finish its response here, keep it, or close it."""
+        conn.reader = None
+        if conn.out or conn.out_file is not None:
+            self.queued += conn.out_bytes
+            self._enter(conn, WRITING)
+            conn.heard = time.monotonic()
+            return
+        self._after_response(conn)
+
+    def may_queue(self, size):
+        """May the loop finish sending `size` more bytes of a response (0: a file)?"""
+        return self.queued + size <= QUEUE_LIMIT
+
+    def stop(self, queued):
+        """A graceful stop: take `queued` more connections (None: none), finish what is held."""
+        self.stopping = True
+        self.quota = queued
+        if not queued:
+            self.accepting = False
+        for conn in list(self.conns.values()):
+            if conn.state == IDLE or (conn.state == READING and (conn.reader is None or not conn.reader.received)):
+                self._drop(conn)
+
+    def drained(self):
+        return not self.conns and not self.ready
+
+    def counts(self):
+        """Connections held by state, for the scoreboard."""
+        counts = dict.fromkeys(STATES, 0)
+        for conn in self.conns.values():
+            counts[conn.state] += 1
+        return counts
+
+    # -- accepting ----------------------------------------------------------------------
+
+    def _accept_while_hot(self):
+        for listener_fd, entry in self.listeners.items():
+            accept, family, hot, listener = entry
+            while hot and not self.ready and self.accepting:
+                if len(self.conns) >= self.config.max_connections and not self._idle():
+                    return  # full, and nothing idle to make room with: the listen queue keeps it
+                try:
+                    fd, client = accept()
+                except BlockingIOError:
+                    entry[2] = hot = False
+                    break
+                except OSError as exc:  # EMFILE, ECONNABORTED: the listener is still fine
+                    log.warning("accept failed: %s", exc)
+                    entry[2] = False
+                    break
+                if len(self.conns) >= self.config.max_connections:
+                    self._close_oldest_idle()  # room for a client that is here, not for one that may come
+                conn = Connection(_socket.socket(family, SOCK_STREAM, 0, fd), client, family == AF_UNIX, listener_fd)
+                self._take(conn)
+                if self.quota is not None:
+                    self.quota -= 1
+                    if self.quota <= 0:
+                        self.accepting = False
+                if conn.state == READING:
+                    # Its request is not here yet (a unix socket has no TCP_DEFER_ACCEPT): poll
+                    # before taking more, so a worker never gathers requests it will serve one
+                    # by one while a sibling is idle.
+                    return
+
+    def _take(self, conn):
+        self.conns[conn.fd] = conn
+        conn.state, conn.since = READING, time.monotonic()
+        data = conn.recv()  # TCP_DEFER_ACCEPT: usually the whole request is there already
+        if data is not None and not data:
+            return self._drop(conn)
+        if data:
+            self._parse(conn, data)
+        if conn.state == READING and conn.fd in self.conns:
+            self._watch(conn, _IN)  # the rest of it is to come
+
+    def _listen(self, want):
+        if want == self.listening:
+            return
+        for fd in self.listeners:
+            if want:
+                self.epoll.register(fd, select.EPOLLIN)
+            else:
+                self.epoll.unregister(fd)
+        self.listening = want
+
+    def _idle(self):
+        return any(c.state == IDLE for c in self.conns.values())
+
+    def _close_oldest_idle(self):
+        idle = [c for c in self.conns.values() if c.state == IDLE]
+        if not idle:
+            return False
+        self._drop(min(idle, key=lambda c: c.since))
+        return True
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _on_ready(self, conn):
+        state = conn.state
+        if state == WRITING:
+            self._write(conn)
+        elif state == LINGERING:
+            if conn.linger_step():
+                self._drop(conn)
+        elif state in (READING, IDLE):
+            data = conn.recv()
+            if data is None:
+                return
+            if not data:
+                return self._client_closed(conn)
+            if state == IDLE:
+                self._enter(conn, READING)
+            self._parse(conn, data)
+
+    def _parse(self, conn, data):
+        reader = conn.reader
+        if reader is None:
+            reader = conn.reader = Reader(self.limits, self.config.buffer_body)
+        conn.heard = time.monotonic()
+        conn.got += len(data)
+        try:
+            used = reader.feed(data)
+        except HTTPError as exc:
+            return self._refuse(conn, exc)
+        if not reader.head_complete:
+            self._hold_head(conn, reader.received)
+            if self.head_bytes > HEAD_MEMORY:
+                return self._refuse(conn, HTTPError(503, "Too many unfinished request heads at once"))
+        elif conn.head_held:
+            self._hold_head(conn, 0)
+        if used < len(data):
+            conn.inbuf = data[used:]  # the next request's: parsed once this one is answered
+        if not reader.head_complete:
+            return
+        request = reader.request
+        if not conn.body_since:
+            conn.body_since = conn.heard
+            if request.expect_continue and not request.complete and request.buffer is not None:
+                try:
+                    conn.send_some(b"HTTP/1.1 100 Continue\r\n\r\n")  # 25 bytes into an empty buffer
+                except ClientDisconnected:
+                    return self._drop(conn)
+        if request.complete or request.buffer is None:
+            if request.buffer is None and not request.complete and conn.unix:
+                set_io_timeout(conn.sock, self.config.client_timeout)  # the app reads the rest itself
+            self._enter(conn, WAITING)
+            self.ready.append(conn)
+
+    def _client_closed(self, conn):
+        reader = conn.reader
+        if reader is not None and reader.received and not reader.head_complete:
+            return self._refuse(conn, HTTPError(400, "Incomplete request head"))
+        if reader is not None and reader.head_complete:
+            return self._refuse(conn, HTTPError(400, "Client closed before the end of the body"))
+        self._drop(conn)
+
+    def _hold_head(self, conn, size):
+        """Count `size` bytes of an unfinished head as held by `conn` (0: none any more)."""
+        self.head_bytes += size - conn.head_held
+        conn.head_held = size
+
+    def _refuse(self, conn, exc):
+        """The server's own answer to a request it will not pass on; then the connection ends."""
+        self._hold_head(conn, 0)
+        status, sent = self.answer_error(conn, exc)
+        self.end_request(status, sent)
+        self._close(conn, linger=exc.status != 408)  # a client too slow for us gets no more of our time
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _write(self, conn):
+        before = conn.out_bytes
+        try:
+            done = conn.flush()
+        except ClientDisconnected as exc:
+            log.debug("client %s: the rest of the response not sent: %s", conn.client, exc)
+            return self._drop(conn)
+        self.queued -= before - conn.out_bytes
+        if done:
+            self._after_response(conn)
+
+    def _after_response(self, conn):
+        if not conn.keep_alive or self.stopping:
+            return self._close(conn, linger=conn.unread_input())
+        conn.served += 1
+        conn.body_since = 0.0
+        conn.got = 0
+        data, conn.inbuf = conn.inbuf, b""
+        if data:
+            self._enter(conn, READING)
+            return self._parse(conn, data)
+        self._enter(conn, IDLE)
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def _close(self, conn, linger):
+        if linger and conn.start_linger():
+            self._enter(conn, LINGERING)
+        else:
+            self._drop(conn)
+
+    def _drop(self, conn, abort=False):
+        if self.conns.pop(conn.fd, None) is None:
+            return
+        self._hold_head(conn, 0)
+        if conn.state == WRITING:
+            self.queued -= conn.out_bytes
+        self.watched.pop(conn.fd, None)  # close() takes it out of the epoll set
+        reader = conn.reader
+        if reader is not None and reader.request.buffer is not None:
+            reader.request.buffer.close()
+        conn.close(abort)
+
+    def _enter(self, conn, state):
+        conn.state, conn.since = state, time.monotonic()
+        self._watch(conn, _WATCH[state])
+
+    def _watch(self, conn, events):
+        now = self.watched.get(conn.fd)
+        if now == events:
+            return
+        if now is None:
+            self.epoll.register(conn.fd, events)
+        else:
+            self.epoll.modify(conn.fd, events)
+        self.watched[conn.fd] = events
+
+    # -- deadlines ------------------------------------------------------------------------
+
+    def sweep(self, now):
+        """Every connection past its state's deadline (DEADLINES) is answered or closed."""
+        self.swept = now
+        timeout = self.config.client_timeout
+        for conn in list(self.conns.values()):
+            state = conn.state
+            if state == READING:
+                self._check_reading(conn, now, timeout)
+            elif state == IDLE:
+                if now - conn.since >= self.config.keepalive:
+                    self._drop(conn)
+            elif state == WRITING:
+                deadline = conn.deadline() if conn.deadline is not None else None
+                if (timeout and now - conn.heard >= timeout) or (deadline is not None and now >= deadline):
+                    log.debug("client %s read too slowly; the rest of the response dropped", conn.client)
+                    self._drop(conn, abort=True)
+            elif state == LINGERING:
+                if now - conn.since >= LINGER_SECONDS:
+                    self._drop(conn)
+
+    def _check_reading(self, conn, now, timeout):
+        reader = conn.reader
+        if reader is None or not reader.received:
+            if now - conn.since >= timeout:
+                self._drop(conn)  # connected (or came back) and said nothing
+        elif not reader.head_complete:
+            if now - reader.request.started >= timeout:
+                self._refuse(conn, HTTPError(408, "Request Timeout"))
+        elif now - conn.heard >= timeout:
+            self._refuse(conn, HTTPError(408, "Request Timeout: the client sent nothing for the client timeout"))
+        elif self.config.client_min_rate and now - conn.body_since > timeout:
+            # mod_reqtimeout's MinRate over windows: the first client timeout is free.
+            if not conn.window_at:  # the first window starts when the free time ends
+                conn.window_at, conn.window_got = conn.body_since + timeout, conn.got
+            elif now - conn.window_at >= timeout:
+                rate = (conn.got - conn.window_got) / (now - conn.window_at)
+                if rate < self.config.client_min_rate:
+                    self._refuse(conn, HTTPError(408, f"Request Timeout: the body came at {rate:.0f} bytes/s, "
+                                                      f"below PREFORK_CLIENT_MIN_RATE {self.config.client_min_rate}"))
+                else:
+                    conn.window_at, conn.window_got = now, conn.got
+
+    def close(self):
+        for conn in list(self.conns.values()):
+            self._drop(conn)
+        self.epoll.close()
+
