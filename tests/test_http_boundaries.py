@@ -277,7 +277,7 @@ def test_two_trickling_streamed_uploads_get_408_and_the_workers_serve_on(serve):
     # CLIENT_TIMEOUT 2 s, then 1 s more per 4096 bytes: a 1 KiB/s upload is cut at about 2.7 s.
     assert [status for status, _ in results.values()] == [408, 408], results
     assert all(seconds < 5 for _, seconds in results.values()), results
-    assert longest_wait < 4, longest_wait
+    assert longest_wait < 5, longest_wait  # a worker freed at about 2.7 s, on a loaded machine
     assert server.worker_pids() == workers, "a worker died"
     assert "timed out" not in server.output
 
