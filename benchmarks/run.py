@@ -673,7 +673,8 @@ def _s(value):
 def prepare_env(tmp):
     db = os.path.join(tmp, "db.sqlite3")
     env = dict(os.environ, DJANGO_DEBUG="0", TESTPROJECT_DB=db, DJANGO_SETTINGS_MODULE="testproject.settings",
-               PYTHONPATH=os.pathsep.join([PROJECT, HERE, os.environ.get("PYTHONPATH", "")]))
+               # REPO: this checkout's django_prefork, installed or not, is the one measured
+               PYTHONPATH=os.pathsep.join([PROJECT, HERE, REPO, os.environ.get("PYTHONPATH", "")]))
     subprocess.run([sys.executable, os.path.join(PROJECT, "manage.py"), "migrate", "-v0"], env=env, check=True)
     return env
 
