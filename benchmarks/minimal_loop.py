@@ -6,7 +6,8 @@ The parent binds, loads testproject's WSGI application and forks WORKERS process
 blocks in accept(), reads until the blank line, splits the head with str.split, copies an
 environ from a base dict, calls the application and writes the answer with one sendall. With
 --keepalive a process goes on reading requests on its connection until the client closes it
-or asks for `Connection: close`; without it, every answer closes the connection.
+or asks for `Connection: close` (so a process serves one connection at a time: the rest of
+wrk's connections wait in the accept queue); without it, every answer closes the connection.
 
 It checks nothing: no body is read, no header validated, no size or time limited, a client
 that sends half a head holds its process for ever, an error drops the connection. That is the
