@@ -1083,7 +1083,7 @@ def report(args, results, first_200, memory, loader, burst=None, app_us=None, at
     if any((OVERLOAD, n) in results for n in names):
         lines += [""] + overload_report(args, results, app_us, names)
     if any(s in KEEPALIVE for s in args.scenarios):
-        lines += [""] + keepalive_report(args, results, names)
+        lines += [""] + keepalive_report(args, results, names + [CEILING])
     shared = [f"{s} {n if n != CEILING else 'ceiling'} round {i + 1}" for (s, n), rounds in results.items()
               for i, r in enumerate(rounds) if r.get("shared")]
     total = sum(len(rounds) for rounds in results.values())
