@@ -4,6 +4,8 @@
     python benchmarks/run.py --quick         # hello only, short rounds, no overload
     python benchmarks/run.py --scenarios burst --servers runprefork --no-memory
                                              # the burst scenario alone
+    python benchmarks/run.py --scenarios hello-keepalive,json-keepalive,attack --rounds 2 --no-memory
+                                             # the keep-alive and attack scenarios (and hello, json)
 
 Each round runs every scenario against every server in turn (the order
 alternating between rounds) after a warm-up; the report gives medians and
@@ -86,6 +88,31 @@ start and counts, for those, only the read errors beyond the requests
 answered as failures; wrk's raw counts stay in the JSON and the overload
 table.
 
+The keep-alive scenarios (issue #19), "hello-keepalive" and "json-keepalive": wrk
+without `Connection: close`, each server started a third time in its keep-alive
+configuration (_keepalive_commands: gunicorn's sync worker cannot keep a connection, so
+gunicorn runs `-k gthread --threads 1`; uWSGI `--http11-socket`, its `--http-socket
+--http-keepalive` reusing nothing; runprefork with PREFORK_KEEPALIVE=75 in its environment,
+which testproject's settings read; granian and nginx as they are; runserver left out). Each
+brings its `Connection: close` twin (hello, json) into the run, and a table of its own sets
+them side by side with what each server did with a connection after an answer (asked once
+at start: reused, closed, closed without saying so), and runprefork's ratios: keep-alive to
+its own close, to granian's keep-alive, to the minimal loop's.
+
+The minimal loop (issue #23; `minimal` in --servers): benchmarks/minimal_loop.py, a
+pre-fork accept loop of about sixty lines around testproject's application that checks
+nothing, on hello and JSON, close and keep-alive: the floor that Python and Django set,
+shown in every run beside runprefork. A ceiling, not a design.
+
+The "attack" scenario (issue #19; benchmarks/attack.py): each of runprefork, gunicorn
+(sync), uWSGI, granian and waitress (one process of --workers threads), fresh and with
+--workers workers, held by 200 idle connections, 50 slowloris heads (a byte a second), 10
+slow 1 MB uploads (4 KB/s) and 10 slow readers of /file (4 KiB/s, 4 KiB SO_RCVBUF) at once
+(`--attack-idle`, `--attack-slowloris`, `--attack-uploads`, `--attack-readers`), while a
+probe sends a GET /hello every 50 ms for 8 s (`--attack-seconds`, 4 with --quick), open
+loop: probes sent, answered, failed by kind, p50/p99/max of the answered, over all rounds.
+A run of the attack alone writes results/attack.md and leaves latest.md alone.
+
 The machine is shared at times: before each measurement the harness waits
 (up to `--wait-quiet` seconds) for any wrk it did not start to end, and the
 report counts the measurements that still overlapped one.
@@ -93,6 +120,7 @@ report counts the measurements that still overlapped one.
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -120,8 +148,18 @@ SCENARIOS = {  # name: (path, method)
     # Not testproject: each server started again on benchmarks/bare_app.py, a WSGI callable
     # answering what nginx's `return 200` answers. What a server costs on its own.
     "bare app": ("/hello", "GET"),
+    # Persistent connections (wrk without `Connection: close`), each server in its keep-alive
+    # configuration (server_commands); beside the twin in KEEPALIVE.
+    "hello-keepalive": ("/hello", "GET"),
+    "json-keepalive": ("/json", "GET"),
 }
 BARE = "bare app"
+KEEPALIVE = {"hello-keepalive": "hello", "json-keepalive": "json"}  # each with its `Connection: close` twin
+KEEPALIVE_SECONDS = "75"  # runprefork's PREFORK_KEEPALIVE in the keep-alive configuration
+MINIMAL = "minimal loop"  # benchmarks/minimal_loop.py: the floor, on hello and JSON only
+MINIMAL_SCENARIOS = ("hello", "json", *KEEPALIVE)
+ATTACK = "attack"  # slow clients beside a probe (benchmarks/attack.py), in a table of its own
+ATTACK_SERVERS = ("runprefork", "gunicorn", "uwsgi", "granian", "waitress")
 POST_BODY = b"x" * 100_000
 OVERLOAD = "overload"  # hello at --overload-connections, reported in a table of its own
 BURST = "burst"  # a scenario of its own kind: runprefork only, see the docstring
@@ -388,9 +426,13 @@ def has_module(name):
     return subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True).returncode == 0
 
 
-def server_commands(workers, port, bare=False):
+def server_commands(workers, port, bare=False, keepalive=False):
     """The servers to compare, by name: the command that runs each on `port`; with `bare`, serving
-    benchmarks/bare_app.py instead of testproject (Django's commands through bare_settings.py)."""
+    benchmarks/bare_app.py instead of testproject (Django's commands through bare_settings.py);
+    with `keepalive`, each in its keep-alive configuration, runserver left out (runprefork's is
+    its environment: PREFORK_KEEPALIVE, see keepalive_env)."""
+    if keepalive:
+        return _keepalive_commands(server_commands(workers, port, bare), workers, port)
     py = sys.executable
     manage = os.path.join(PROJECT, "manage.py")
     app = "bare_app:application" if bare else "testproject.wsgi:application"
@@ -409,7 +451,48 @@ def server_commands(workers, port, bare=False):
         servers["uwsgi"] = [py, "-c", "import pyuwsgi; pyuwsgi.run()", "--http-socket", f"127.0.0.1:{port}", "--master",
                             "--processes", str(workers), "--module", app,
                             "--disable-logging", "--die-on-term"]  # else SIGTERM makes uWSGI 2.0 reload
+    if has_module("waitress"):  # threads, not processes: one process of `workers` threads
+        servers["waitress"] = [py, "-m", "waitress", f"--threads={workers}", f"--listen=127.0.0.1:{port}", app]
+    if not bare:
+        servers[MINIMAL] = [py, os.path.join(HERE, "minimal_loop.py"), str(port), str(workers)]
     return servers
+
+
+def _keepalive_commands(servers, workers, port):
+    """The keep-alive configuration of each server that has one: gunicorn's sync worker closes
+    every connection, so gunicorn runs its gthread worker with one thread (one request at a time
+    a process, as sync; idle connections wait in its poller); uWSGI's --http-socket closes too
+    (2.0's --http-keepalive is taken but curl -v sees no connection reused), its --http11-socket
+    keeps them; granian, waitress and nginx keep them by default."""
+    servers.pop("runserver", None)
+    if "gunicorn" in servers:
+        servers["gunicorn"] = [arg if arg != "sync" else "gthread" for arg in servers["gunicorn"]] + ["--threads", "1"]
+    if "uwsgi" in servers:
+        servers["uwsgi"] = [arg if arg != "--http-socket" else "--http11-socket" for arg in servers["uwsgi"]]
+    if MINIMAL in servers:
+        servers[MINIMAL] = servers[MINIMAL] + ["--keepalive"]
+    return servers
+
+
+def keepalive_env(env):
+    """runprefork's keep-alive configuration (PREFORK_KEEPALIVE, which testproject's settings read
+    from the environment; a runprefork without the setting closes every connection still)."""
+    return dict(env, PREFORK_KEEPALIVE=KEEPALIVE_SECONDS)
+
+
+def applies(scenario, name):
+    """Whether `name` takes part in `scenario`: the minimal loop serves hello and JSON only;
+    waitress is there for the attack only; runserver, a development server, has no keep-alive
+    configuration and is left out of the attack's comparison."""
+    if scenario == ATTACK:
+        return name in ATTACK_SERVERS
+    if name == MINIMAL:
+        return scenario in MINIMAL_SCENARIOS
+    if name == "waitress":
+        return scenario == ATTACK
+    if name == "runserver":
+        return scenario not in KEEPALIVE and scenario != ATTACK
+    return True
 
 
 class Running:
@@ -497,9 +580,10 @@ class Running:
 SOCKET_ERRORS = ("connect", "read", "write", "timeout")
 
 
-def wrk(url, method, seconds, connections):
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", "--latency",
-           "-H", "Connection: close"]
+def wrk(url, method, seconds, connections, keepalive=False):
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", "--latency"]
+    if not keepalive:
+        cmd += ["-H", "Connection: close"]
     script = None
     if method == "POST":
         script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
@@ -526,16 +610,19 @@ def _ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000}[unit]
 
 
-def python_load(url, method, seconds, connections):
-    """A small closed-loop client for machines without wrk."""
+def python_load(url, method, seconds, connections, keepalive=False):
+    """A small closed-loop client for machines without wrk (with `keepalive`, see _keepalive_client)."""
     host, port, path = re.match(r"http://([^:/]+):(\d+)(/.*)", url).groups()
     body = POST_BODY if method == "POST" else b""
-    request = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+    connection = "" if keepalive else "Connection: close\r\n"
+    request = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{connection}"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     latencies, non2xx, deadline = [], [0], time.monotonic() + seconds
     errors = dict.fromkeys(SOCKET_ERRORS, 0)
 
     def client():
+        if keepalive:
+            return _keepalive_client(host, int(port), request, deadline, latencies, non2xx, errors)
         while time.monotonic() < deadline:
             t0 = time.monotonic()
             stage = "connect"
@@ -565,6 +652,39 @@ def python_load(url, method, seconds, connections):
     return {"rps": len(latencies) / seconds, "non2xx": non2xx[0], "errors": sum(errors.values()),
             "socket_errors": errors, "p50": pick(0.5), "p99": pick(0.99), "max": pick(1),
             "requests": len(latencies)}
+
+
+def _keepalive_client(host, port, request, deadline, latencies, non2xx, errors):
+    """python_load's client on one connection for as long as the server keeps it: each answer read
+    to its Content-Length (the scenarios' answers all have one), a new connection when it closes."""
+    sock, data = None, b""
+    while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        try:
+            if sock is None:
+                sock, data = socket.create_connection((host, port), timeout=2), b""
+            sock.sendall(request)
+            while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
+                data += chunk
+            head, _, data = data.partition(b"\r\n\r\n")
+            m = re.search(rb"(?i)\r\ncontent-length:[ \t]*(\d+)", head)
+            while m and len(data) < int(m.group(1)) and (chunk := sock.recv(65536)):
+                data += chunk
+            data = data[int(m.group(1)):] if m else b""
+            if not head.startswith(b"HTTP/1.1 2"):
+                non2xx[0] += 1
+            latencies.append((time.monotonic() - t0) * 1000)
+            if not m or re.search(rb"(?i)\r\nconnection:[ \t]*close", head):
+                sock.close()
+                sock = None
+        except socket.timeout:
+            errors["timeout"] += 1
+            sock = sock.close() if sock else None
+        except OSError:
+            errors["read"] += 1
+            sock = sock.close() if sock else None
+    if sock:
+        sock.close()
 
 
 def burst_load(port, clients, seconds):
@@ -673,7 +793,8 @@ def _s(value):
 def prepare_env(tmp):
     db = os.path.join(tmp, "db.sqlite3")
     env = dict(os.environ, DJANGO_DEBUG="0", TESTPROJECT_DB=db, DJANGO_SETTINGS_MODULE="testproject.settings",
-               PYTHONPATH=os.pathsep.join([PROJECT, HERE, os.environ.get("PYTHONPATH", "")]))
+               # REPO: this checkout's django_prefork, installed or not, is the one measured
+               PYTHONPATH=os.pathsep.join([PROJECT, HERE, REPO, os.environ.get("PYTHONPATH", "")]))
     subprocess.run([sys.executable, os.path.join(PROJECT, "manage.py"), "migrate", "-v0"], env=env, check=True)
     return env
 
@@ -715,29 +836,36 @@ def measure_throughput(args, env, load):
     scenarios = args.scenarios + ([OVERLOAD] if args.overload else [])
     if not scenarios:
         return {}, {}, {}
-    servers = server_commands(args.workers, 0)
-    running, bare, ceiling_dir = {}, {}, None  # bare: the same servers on the bare app
+    running, bare, keep, ceiling_dir = {}, {}, {}, None  # bare: on the bare app; keep: keep-alive
+    closing = [s for s in scenarios if s not in KEEPALIVE]
     try:
-        for name in servers:
+        for name in server_commands(args.workers, 0):
             if name not in args.servers:
                 continue
-            port = free_port()
-            running[name] = Running(name, server_commands(args.workers, port)[name], port, env)
-            if BARE in scenarios:
+            if any(applies(s, name) for s in closing if s != BARE):
+                port = free_port()
+                running[name] = Running(name, server_commands(args.workers, port)[name], port, env)
+            if BARE in scenarios and applies(BARE, name) and name in server_commands(args.workers, 0, bare=True):
                 port = free_port()
                 bare[name] = Running(name, server_commands(args.workers, port, bare=True)[name], port, env)
+            if any(applies(s, name) for s in scenarios if s in KEEPALIVE) \
+                    and name in server_commands(args.workers, 0, keepalive=True):
+                port = free_port()
+                keep[name] = Running(name, server_commands(args.workers, port, keepalive=True)[name], port,
+                                     keepalive_env(env))
         if args.limit:
             ceiling_dir = tempfile.mkdtemp(prefix="prefork-ceiling-")
             os.chmod(ceiling_dir, 0o755)  # nginx's unprivileged workers read the 1 MiB file there
             port = free_port()
             args.ceiling_label, cmd = ceiling_command(port, ceiling_dir)
             running[CEILING] = Running(CEILING, cmd, port, env)
+            if keep:  # nginx keeps connections alive as it is; the Python accept loop closes them
+                keep[CEILING] = running[CEILING]
         args.no_close = [name for name, server in running.items() if not says_close(server.port)]
-        for server in [*running.values(), *bare.values()]:  # warm-up: imports, caches, the SQLite page cache
-            for path, method in SCENARIOS.values():
-                load(f"http://127.0.0.1:{server.port}{path}", method, 1, 4)
+        args.kept = {name: keeps_alive(server.port) for name, server in keep.items()}
+        warm_up(load, running, bare, keep)
         results, app_us = {}, {}  # (scenario, server) -> [round results]; scenario -> [µs]
-        names = list(running)
+        names = list(dict.fromkeys([*running, *keep]))
         for round_no in range(args.rounds):
             if args.limit:
                 cost = measure_app_cost(env, [scenario_request(s) for s in scenarios if s != BARE], args.app_seconds)
@@ -750,26 +878,69 @@ def measure_throughput(args, env, load):
             for scenario in scenarios:
                 path, method = scenario_request(scenario)
                 connections = args.overload_connections if scenario == OVERLOAD else args.connections
+                instances = keep if scenario in KEEPALIVE else bare if scenario == BARE else running
+                scenario_load = functools.partial(load, keepalive=scenario in KEEPALIVE)
                 for name in order:
-                    server = bare[name] if scenario == BARE and name in bare else running[name]
+                    server = instances.get(name) or (running.get(name) if scenario == BARE else None)
+                    if server is None or not applies(scenario, name):
+                        continue
                     url = f"http://127.0.0.1:{server.port}{path}"
                     before = server.cpu_seconds()
-                    r = measured(load, url, method, args.duration, connections, args.wait_quiet)
+                    r = measured(scenario_load, url, method, args.duration, connections, args.wait_quiet)
                     after = server.cpu_seconds()
                     if r["requests"]:  # the server's processes' CPU per request answered, in µs
                         r["cpu_us"] = [(b - a) / r["requests"] * 1e6 for a, b in zip(before, after)]
                     results.setdefault((scenario, name), []).append(r)
                     busy = f" CPUs {r['cpu_busy']:.0%} busy" if r["cpu_busy"] is not None else ""
-                    print(f"round {round_no + 1} {scenario:12} {name:11} {r['rps']:9.0f} req/s "
+                    print(f"round {round_no + 1} {scenario:15} {name:12} {r['rps']:9.0f} req/s "
                           f"p99 {r['p99'] or 0:.1f} ms non-2xx {r['non2xx']} errors {r['errors']}{busy}"
                           + (" (another wrk overlapped)" if r["shared"] else ""), flush=True)
         first_200 = {name: s.first_200 for name, s in running.items() if name != CEILING}
         return results, first_200, app_us
     finally:
-        for server in [*running.values(), *bare.values()]:
+        for server in dict.fromkeys([*running.values(), *bare.values(), *keep.values()]):
             server.stop()
         if ceiling_dir:
             shutil.rmtree(ceiling_dir, ignore_errors=True)
+
+
+def warm_up(load, running, bare, keep):
+    """A second of load on each path a server will serve: imports, caches, the SQLite page cache."""
+    for instances, kinds in ((running, [s for s in SCENARIOS if s not in KEEPALIVE and s != BARE]),
+                             (bare, [BARE]), (keep, list(KEEPALIVE))):
+        for name, server in instances.items():
+            for path, method in dict.fromkeys(SCENARIOS[s] for s in kinds if applies(s, name)):
+                load(f"http://127.0.0.1:{server.port}{path}", method, 1, 4, keepalive=instances is keep)
+
+
+def keeps_alive(port):
+    """What the server does with the connection after answering a request that did not ask for
+    `Connection: close`: "reused" (a second request on it was answered), "closed" (it said
+    `Connection: close`) or "closed silently" (it did not say so: wrk then counts a read error
+    for each answer, as in says_close)."""
+    request = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        said_close = re.search(rb"(?i)\r\nconnection:[ \t]*close", _answer_head(s)) is not None
+        try:
+            s.sendall(request)
+            if _answer_head(s).startswith(b"HTTP/1.1 200"):
+                return "reused"
+        except OSError:
+            pass
+    return "closed" if said_close else "closed silently"
+
+
+def _answer_head(sock):
+    """One answer read off `sock` to the end of its Content-Length body; its head (b"" if closed)."""
+    data = b""
+    while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?i)\r\ncontent-length:[ \t]*(\d+)", head)
+    while m and len(body) < int(m.group(1)) and (chunk := sock.recv(65536)):
+        body += chunk
+    return head
 
 
 # The scenarios whose request is a GET the bare app answers as the ceiling does ("Hello, world!"):
@@ -806,18 +977,25 @@ def of_limit(results, app_us, scenario, name):
     return statistics.median(fractions) if fractions else None
 
 
-def ratio(results, scenario, a, b):
-    """Median of the per-round ratios of a's requests/s to b's, or None."""
-    ratios = [x["rps"] / y["rps"] for x, y in zip(results.get((scenario, a), []), results.get((scenario, b), []))
-              if y["rps"]]
+def ratio(results, scenario, a, b, scenario_b=None):
+    """Median of the per-round ratios of a's requests/s to b's (b's in `scenario_b` if given), or None."""
+    ratios = [x["rps"] / y["rps"] for x, y in zip(results.get((scenario, a), []),
+                                                   results.get((scenario_b or scenario, b), [])) if y["rps"]]
     return statistics.median(ratios) if ratios else None
+
+
+def silent_closers(args, scenario):
+    """The servers whose read errors in `scenario` are mostly wrk's misreading of a silent close."""
+    if scenario in KEEPALIVE:
+        return [name for name, kind in args.kept.items() if kind == "closed silently"]
+    return args.no_close
 
 
 def measure_memory(args, env, load):
     memory = {}
     for workers in (2, 8):
         for name in args.servers:
-            if name == "runserver" or name not in server_commands(workers, 0):
+            if name in ("runserver", "waitress", MINIMAL) or name not in server_commands(workers, 0):
                 continue
             for preload in ((False, True) if name in ("gunicorn", "runprefork") else (False,)):
                 port = free_port()
@@ -838,18 +1016,21 @@ def measure_memory(args, env, load):
 PEERS = ("gunicorn", "uwsgi", "granian")  # runprefork's ratios to these, when they ran
 
 
-def report(args, results, first_200, memory, loader, burst=None, app_us=None):
+def report(args, results, first_200, memory, loader, burst=None, app_us=None, attacked=None):
     app_us = app_us or {}
     lines = [f"# Benchmark {datetime.datetime.now():%Y-%m-%d %H:%M}", ""]
     machine = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
                f"Python {platform.python_version()}; Django {_version('django')}; ")
     if not results:
-        lines += [machine + "DEBUG off.", ""] + burst_report(args, burst or {})
+        lines += [machine + "DEBUG off."]
+        lines += ["", *attack_report(args, attacked)] if attacked else []
+        lines += ["", *burst_report(args, burst)] if burst else []
         lines += ["", f"Reproduce: `python benchmarks/run.py {' '.join(sys.argv[1:])}`".rstrip() + ""]
         return "\n".join(lines) + "\n"
     peers = "; ".join(f"{name} {_version(dist)}" for name, dist in (
         ("gunicorn", "gunicorn"), ("granian", "granian"), ("uWSGI", "pyuwsgi")) if _version(dist) != "not installed")
-    lines += [machine + f"{peers}; load: {loader}, {args.connections} connections, `Connection: close`, "
+    lines += [machine + f"{peers}; load: {loader}, {args.connections} connections, `Connection: close` (persistent "
+              "connections in the keep-alive scenarios), "
               f"{args.rounds} rounds × {args.duration} s, {args.workers} workers, DEBUG off.", ""]
     names = [n for n in args.servers if any((s, n) in results for s in args.scenarios + [OVERLOAD])]
     has_limit = any((s, CEILING) in results for s in args.scenarios + [OVERLOAD])
@@ -868,8 +1049,11 @@ def report(args, results, first_200, memory, loader, burst=None, app_us=None):
                 row.append(f"{statistics.median(lims):,.0f}" if lims else "–")
             for name in names:
                 rounds = results.get((scenario, name), [])
-                med = statistics.median(r["rps"] for r in rounds) if rounds else 0
-                bad = failed(rounds, name, args.no_close)
+                if not rounds:  # not applicable (see applies)
+                    row += ["–"] + (["–"] if has_limit else [])
+                    continue
+                med = statistics.median(r["rps"] for r in rounds)
+                bad = failed(rounds, name, silent_closers(args, scenario))
                 row.append(f"{med:,.0f}" + (f" ({bad:,} failed)" if bad else ""))
                 if has_limit:
                     row.append(_pct(of_limit(results, app_us, scenario, name)))
@@ -898,6 +1082,8 @@ def report(args, results, first_200, memory, loader, burst=None, app_us=None):
                 lines.append(f"| {name} | {p50:.2f} | {p99:.2f} |")
     if any((OVERLOAD, n) in results for n in names):
         lines += [""] + overload_report(args, results, app_us, names)
+    if any(s in KEEPALIVE for s in args.scenarios):
+        lines += [""] + keepalive_report(args, results, names + [CEILING])
     shared = [f"{s} {n if n != CEILING else 'ceiling'} round {i + 1}" for (s, n), rounds in results.items()
               for i, r in enumerate(rounds) if r.get("shared")]
     total = sum(len(rounds) for rounds in results.values())
@@ -911,6 +1097,8 @@ def report(args, results, first_200, memory, loader, burst=None, app_us=None):
         for label in dict.fromkeys(label for label, _ in memory):
             cells = [f"{memory[(label, w)][0]:.1f}" if (label, w) in memory else "–" for w in (2, 8)]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if attacked:
+        lines += [""] + attack_report(args, attacked)
     if burst:
         lines += [""] + burst_report(args, burst)
     lines += ["", f"Reproduce: `python benchmarks/run.py {' '.join(sys.argv[1:])}`".rstrip() + ""]
@@ -1024,6 +1212,98 @@ def overload_report(args, results, app_us, names):
     return lines
 
 
+def keepalive_report(args, results, names):
+    """Each server's keep-alive figures beside its `Connection: close` ones, and runprefork's ratios."""
+    pairs = [(ka, close) for ka, close in KEEPALIVE.items() if ka in args.scenarios]
+    header = ["server", "connection after an answer"]
+    for ka, close in pairs:
+        header += [f"{close}, close", f"{close}, keep-alive", "keep-alive / close"]
+    lines = ["## Keep-alive: persistent connections beside `Connection: close` (req/s, median of rounds)", "",
+             "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    med = lambda key: statistics.median(r["rps"] for r in results[key]) if results.get(key) else None  # noqa: E731
+    for name in names:
+        if not any((ka, name) in results for ka, _ in pairs):
+            continue
+        label = MINIMAL if name == MINIMAL else args.ceiling_label if name == CEILING else name
+        row = [label, args.kept.get(name, "–")]
+        for ka, close in pairs:
+            x = ratio(results, ka, name, name, close)
+            row += [f"{v:,.0f}" if (v := med((close, name))) else "–", f"{v:,.0f}" if (v := med((ka, name))) else "–",
+                    f"{x:.2f}×" if x else "–"]
+        lines.append("| " + " | ".join(row) + " |")
+    facts = []
+    for ka, close in pairs:
+        own, granian = ratio(results, ka, "runprefork", "runprefork", close), ratio(results, ka, "runprefork", "granian")
+        floor = ratio(results, ka, "runprefork", MINIMAL)
+        facts.append(f"{close}: runprefork keep-alive / its close {_x(own)}, / granian keep-alive {_x(granian)}, "
+                     f"/ the minimal loop keep-alive {_x(floor)}")
+    lines += ["", "**" + "; ".join(facts) + "** (medians of the per-round ratios).", "",
+              f"How each server keeps connections: runprefork with `PREFORK_KEEPALIVE={KEEPALIVE_SECONDS}` in its "
+              "environment (\"closed\" above means this runprefork does not have the setting yet); gunicorn with "
+              "`-k gthread --threads 1`, its sync worker closing every connection; uWSGI with `--http11-socket` "
+              "(`--http-socket --http-keepalive` is accepted by uWSGI 2.0 but curl -v sees no connection reused); "
+              "granian and nginx as they are; the minimal loop with `--keepalive`, one connection a process at a time "
+              f"(the other connections of wrk's {args.connections} wait their turn). \"connection after an answer\" "
+              "is asked of each server once at start (keeps_alive)."]
+    return lines
+
+
+def _x(value):
+    return f"{value:.2f}×" if value else "–"
+
+
+def measure_attack(args, env):
+    """The attack scenario: {server: [round results]}, each round on a fresh server (see attack.py)."""
+    from attack import attack
+
+    results = {}
+    names = [n for n in server_commands(args.workers, 0) if n in args.servers and applies(ATTACK, n)]
+    for round_no in range(args.rounds):
+        for name in names if round_no % 2 == 0 else names[::-1]:
+            port = free_port()
+            server = Running(name, server_commands(args.workers, port)[name], port, env)
+            try:
+                r = attack(port, args.attack_idle, args.attack_slowloris, args.attack_uploads, args.attack_readers,
+                           args.attack_seconds)
+            finally:
+                server.stop()
+            results.setdefault(name, []).append(r)
+            lat = r["latencies_ms"]
+            print(f"round {round_no + 1} attack {name:10} probes {r['sent']} answered {r['answered']} failed "
+                  f"{r['failed']} {r['failures']}" + (f" max {lat[-1]:.0f} ms" if lat else ""), flush=True)
+    return results
+
+
+def attack_report(args, attacked):
+    lines = [f"## Attack: slow clients held open while a probe asks for /hello every 50 ms "
+             f"({args.workers} workers, {args.rounds} rounds, all rounds together)", "",
+             f"Held open at once: {args.attack_idle} idle connections (nothing sent), {args.attack_slowloris} "
+             f"slowloris (a request head one byte a second, never finished), {args.attack_uploads} slow uploads "
+             f"(POST /upload, Content-Length 1 MB, sent at 4 KB/s), {args.attack_readers} slow readers (GET /file, "
+             f"1 MiB, 4 KiB SO_RCVBUF, read at 4 KiB/s); the probe runs {args.attack_seconds:g} s, each probe on a "
+             "connection of its own, open loop; a probe not answered 200 within 2 s of the last one is failed.", "",
+             "| server | probes sent | answered | failed | p50 (ms) | p99 (ms) | max (ms) | failures by kind "
+             "| uploaded (KB) | read by the readers (KiB) |", "|---" * 10 + "|"]
+    for name, rounds in attacked.items():
+        lat = sorted(x for r in rounds for x in r["latencies_ms"])
+        pick = lambda q: f"{lat[min(len(lat) - 1, int(q * len(lat)))]:.1f}" if lat else "–"  # noqa: E731
+        kinds = {}
+        for r in rounds:
+            for kind, n in r["failures"].items():
+                kinds[kind] = kinds.get(kind, 0) + n
+        label = name + (f" (1 process, {args.workers} threads)" if name == "waitress" else
+                        " (sync)" if name == "gunicorn" else "")
+        lines.append(f"| {label} | {sum(r['sent'] for r in rounds)} | {sum(r['answered'] for r in rounds)} | "
+                     f"{sum(r['failed'] for r in rounds)} | {pick(0.5)} | {pick(0.99)} | {pick(1)} | "
+                     + (", ".join(f"{k} {n}" for k, n in kinds.items()) or "–") + " | "
+                     f"{statistics.median(r['uploaded'] for r in rounds) / 1000:,.0f} | "
+                     f"{statistics.median(r['read'] for r in rounds) / 1024:,.0f} |")
+    lines += ["", "Uploaded and read: the attackers' bytes through the whole attack, median of rounds. On loopback "
+              "a 1 MiB answer mostly fits in the server's send buffer (which grows to MiBs), so the slow readers "
+              "hold a sync worker about a second (seen alone against gunicorn), not for the minutes their reading takes."]
+    return lines
+
+
 def burst_report(args, burst):
     lines = [f"## Burst: {BURST_CLIENTS} clients × `{BURST_PATH}` in a loop for {args.burst_seconds:g} s "
              f"(runprefork, median of {args.rounds} rounds)", "",
@@ -1070,7 +1350,7 @@ def chart(path, args, results, app_us=None):
     ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(args.scenarios))], args.scenarios)
     ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # room for the legend above the bars and the limit
     ax.set_ylabel("requests/s (higher is better)")
-    ax.set_title(f"testproject, {args.workers} workers, Connection: close")
+    ax.set_title(f"testproject, {args.workers} workers, Connection: close unless keep-alive")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -1096,9 +1376,9 @@ def main():
     parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--scenarios", default=",".join([*SCENARIOS, BURST]),
-                        help=f"comma-separated, from: {', '.join([*SCENARIOS, OVERLOAD, BURST])} "
-                        f"({OVERLOAD} comes with hello)")
+    parser.add_argument("--scenarios", help=f"comma-separated, from: {', '.join([*SCENARIOS, OVERLOAD, ATTACK, BURST])} "
+                        f"({OVERLOAD} comes with hello, a keep-alive one with its `Connection: close` twin); "
+                        "all of them by default, hello with --quick")
     parser.add_argument("--overload-connections", type=int, default=64, help="connections of the overload scenario")
     parser.add_argument("--no-overload", action="store_true", help="leave out the overload scenario")
     parser.add_argument("--no-limit", action="store_true", help="measure neither the ceiling nor the app's cost")
@@ -1107,20 +1387,31 @@ def main():
     parser.add_argument("--wait-quiet", type=float, default=30,
                         help="seconds to wait before each measurement for a wrk not ours to end")
     parser.add_argument("--burst-seconds", type=float, default=8, help="length of the burst scenario's load")
-    parser.add_argument("--servers", default="runprefork,gunicorn,runserver,granian,uwsgi")
+    parser.add_argument("--attack-idle", type=int, default=200, help="idle connections of the attack")
+    parser.add_argument("--attack-slowloris", type=int, default=50, help="slowloris connections of the attack")
+    parser.add_argument("--attack-uploads", type=int, default=10, help="slow uploads of the attack")
+    parser.add_argument("--attack-readers", type=int, default=10, help="slow readers of the attack")
+    parser.add_argument("--attack-seconds", type=float, default=8, help="how long the attack's probe runs")
+    parser.add_argument("--servers", default="runprefork,gunicorn,runserver,granian,uwsgi,waitress,minimal",
+                        help="comma-separated (minimal: the minimal loop); each takes the scenarios it applies to")
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="hello only, 2 rounds of 4 s, no memory, no overload")
+    parser.add_argument("--quick", action="store_true",
+                        help="hello unless --scenarios says otherwise, 2 rounds of 4 s, an attack of 4 s, no memory, "
+                        "no overload")
     args = parser.parse_args()
     if args.quick:
-        args.scenarios, args.rounds, args.duration, args.no_memory = "hello", 2, 4, True
-        args.app_seconds = min(args.app_seconds, 0.5)
-    wanted = args.scenarios.split(",")
-    args.scenarios = [s for s in wanted if s in SCENARIOS]
-    args.overload = (OVERLOAD in wanted or ("hello" in args.scenarios and not args.quick)) and not args.no_overload
+        args.scenarios, args.rounds, args.duration, args.no_memory = args.scenarios or "hello", 2, 4, True
+        args.app_seconds, args.attack_seconds = min(args.app_seconds, 0.5), min(args.attack_seconds, 4)
+    wanted = (args.scenarios or ",".join([*SCENARIOS, ATTACK, BURST])).split(",")
+    # a keep-alive scenario brings its `Connection: close` twin: the report sets one beside the other
+    args.scenarios = [s for s in SCENARIOS if s in wanted or s in [KEEPALIVE.get(w) for w in wanted]]
+    args.overload = (OVERLOAD in wanted or ("hello" in wanted and not args.quick)) and not args.no_overload
     args.limit = not args.no_limit
     args.ceiling_label, args.no_close = None, []
-    args.servers = args.servers.split(",")
+    args.servers = [MINIMAL if name == "minimal" else name for name in args.servers.split(",")]
+    args.kept = {}
     args.burst = BURST in wanted and "runprefork" in args.servers
+    args.attack = ATTACK in wanted
     if "gunicorn" in args.servers and (args.scenarios or args.overload) and not has_module("gunicorn"):
         sys.exit("gunicorn is missing: pip install -e '.[bench]'")
     load, loader = (wrk, "wrk") if shutil.which("wrk") else (python_load, "python fallback (no wrk: apt-get install wrk)")
@@ -1129,13 +1420,14 @@ def main():
         env = prepare_env(tmp)
         results, first_200, app_us = measure_throughput(args, env, load)
         memory = {} if args.no_memory else measure_memory(args, env, load)
+        attacked = measure_attack(args, env) if args.attack else {}
         burst = measure_burst(args, env, tmp) if args.burst else {}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    text = report(args, results, first_200, memory, loader, burst, app_us)
-    # A quick run is a check, not a result, and a run of the burst alone is
-    # not a full one: both leave the last full report alone.
+    text = report(args, results, first_200, memory, loader, burst, app_us, attacked)
+    # A quick run is a check, not a result, and a run of the burst or the
+    # attack alone is not a full one: they leave the last full report alone.
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
-    latest = "quick" if args.quick else "latest" if results else "burst"
+    latest = "quick" if args.quick else "latest" if results else "burst" if burst else "attack"
     for name in ((f"{stamp}.md", "latest.md") if latest == "latest" else (latest + ".md",)):
         with open(os.path.join(HERE, "results", name), "w") as f:
             f.write(text)
@@ -1144,7 +1436,8 @@ def main():
                             "limit_rps": limits(results, app_us, s)} for s, us in app_us.items()}
     with open(os.path.join(HERE, "results", latest + ".json"), "w") as f:
         json.dump({**{f"{s}|{n}": r for (s, n), r in results.items()}, **limit,
-                   **{f"{BURST}|runprefork {c}": r for c, r in burst.items()}}, f, indent=1)
+                   **{f"{BURST}|runprefork {c}": r for c, r in burst.items()},
+                   **{f"{ATTACK}|{n}": r for n, r in attacked.items()}}, f, indent=1)
     print(text)
     if png:
         print(f"chart: {png}")

@@ -47,3 +47,5 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 PREFORK_WORKERS = int(os.environ.get("PREFORK_WORKERS", 2))
 if os.environ.get("PREFORK_MAX_WORKERS"):  # benchmarks/run.py's burst scenario scales 1→4
     PREFORK_MAX_WORKERS = int(os.environ["PREFORK_MAX_WORKERS"])
+if os.environ.get("PREFORK_KEEPALIVE"):  # benchmarks/run.py's keep-alive scenarios
+    PREFORK_KEEPALIVE = int(os.environ["PREFORK_KEEPALIVE"])
