@@ -38,6 +38,7 @@ from .signals import close_wakeup_pipe, die_with_parent
 from .sockets import Listener, waiting_connections
 from .supervisor import HaltServer, Supervisor, kill_quietly
 from .terminal import Terminal
+from .reactor import handoff_lot
 from .worker import BOOT_ERROR, SyncWorker
 
 log = logging.getLogger("django_prefork")
@@ -146,6 +147,7 @@ class Arbiter(Supervisor):
         self.scaler = Scaler(config.workers, config.max_workers)
         self.looked_at = 0.0
         self.short_of_memory_said = 0.0
+        self.lot = None  # the workers' hand-off sockets (reactor.handoff_lot); None without keep-alive
 
     def __str__(self):
         return f"generation {self.generation}"
@@ -155,6 +157,8 @@ class Arbiter(Supervisor):
     def start(self):
         die_with_parent(signal.SIGQUIT)
         debugger.install()  # once, before forking: the workers share the wrapped pdb
+        if self.config.keepalive:
+            self.lot = handoff_lot()  # before forking: every worker of the generation shares it
         if self.config.preload_app:
             app = self.load_app()
             self.load_app = lambda: app
@@ -306,7 +310,8 @@ class Arbiter(Supervisor):
             other.heartbeat.close()
         proctitle.set_title(f"runprefork worker {number} [{self.name}]")
         writer = self.scoreboard.writer(self.block, slot, beat.end_request) if slot is not None else None
-        worker = SyncWorker(number, ppid, self.listeners, beat, self.config, self.load_app, max_requests, writer)
+        worker = SyncWorker(number, ppid, self.listeners, beat, self.config, self.load_app, max_requests, writer,
+                            self.lot)
         worker.run()  # never returns
 
     def notice_booted_workers(self):

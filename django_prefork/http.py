@@ -428,7 +428,11 @@ class Reader:
 class BodyBuffer:
     """A request body held until it is whole: in memory up to `memory` bytes, then in a
     temporary file (as nginx's client_body_buffer_size), so an upload of any size or speed
-    reaches the app complete and costs the worker at most `memory` bytes of it."""
+    reaches the app complete and costs the worker at most `memory` bytes of it. All the
+    bodies a worker holds share WORKER_MEMORY: past it, the next bytes go to a file too."""
+
+    WORKER_MEMORY = 32 * 1024 * 1024
+    held = 0  # bytes in memory, over every BodyBuffer of this process
 
     __slots__ = ("memory", "data", "file", "size")
 
@@ -441,12 +445,13 @@ class BodyBuffer:
     def write(self, data):
         self.size += len(data)
         if self.file is None:
-            if len(self.data) + len(data) <= self.memory:
+            if len(self.data) + len(data) <= self.memory and BodyBuffer.held + len(data) <= self.WORKER_MEMORY:
                 self.data += data
+                BodyBuffer.held += len(data)
                 return
             self.file = tempfile.TemporaryFile(prefix="prefork-body-")
             self.file.write(self.data)
-            self.data = None
+            self._forget_data()
         self.file.write(data)
 
     def as_input(self):
@@ -457,8 +462,14 @@ class BodyBuffer:
         return io.BytesIO(self.data)
 
     def close(self):
+        self._forget_data()
         if self.file is not None:
             self.file.close()  # a TemporaryFile: unlinked already, the space freed with this
+
+    def _forget_data(self):
+        if self.data is not None:
+            BodyBuffer.held -= len(self.data)
+            self.data = None
 
 
 def _find_blank_line(tail, data, at):

@@ -34,6 +34,18 @@ after accept() usually holds the whole request and it goes straight to the
 app with no epoll call; a worker that accepted last time tries accept()
 again before it polls.
 
+No head-of-line wait. A keep-alive connection belongs to the worker that
+accepted it, and a worker's app slot runs one request at a time: a request
+arriving on one of its idle connections while the app runs a long request
+would wait for it, though a sibling is idle. So while the app slot has been
+busy for HANDOFF_AFTER, a thread of the worker (`_watch_app_slot`, started
+with its first idle connection; it touches nothing else) looks for idle
+connections that have a request waiting and passes them (SCM_RIGHTS) to
+the generation's hand-off socket (`handoff_lot`), which every worker of the
+generation polls like a second listener: an idle sibling takes them, as it
+would take a new connection from the listen queue. Only connections with a
+request waiting move, so a steady load never ping-pongs idle ones.
+
 Bounds a worker keeps whatever clients do: PREFORK_MAX_CONNECTIONS held at
 once (when full, the oldest idle keep-alive connection is closed, or the
 worker stops accepting); request heads in memory (`HEAD_MEMORY`, 503 past
@@ -43,15 +55,20 @@ past it the app waits for its client as a sync worker does).
 """
 
 import _socket
+import array
 import logging
+import os
+import resource
 import select
+import socket
+import threading
 import time
 from collections import deque
-from socket import SOCK_STREAM, AF_UNIX
+from socket import AF_UNIX, SOCK_STREAM
 from types import MappingProxyType
 
 from .http import HTTPError, Reader
-from .lifecycle import LINGER_SECONDS, SWEEP_EVERY
+from .lifecycle import HANDOFF_AFTER, HANDOFF_LOOK, LINGER_SECONDS, SWEEP_EVERY
 from .sockets import set_io_timeout
 from .transport import ClientDisconnected, Connection
 
@@ -88,11 +105,36 @@ _IN, _OUT = select.EPOLLIN | select.EPOLLRDHUP, select.EPOLLOUT
 _WATCH = {READING: _IN, WAITING: _IN, IDLE: _IN, LINGERING: _IN, WRITING: _OUT}
 
 
+def raise_fd_limit():
+    """The soft limit on open files up to the hard one: a worker holds a descriptor a
+    connection (PREFORK_MAX_CONNECTIONS), and 1024, a common soft default, is soon reached."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass  # a limit we may not raise: the worker stops accepting when it runs out (EMFILE)
+
+
+def handoff_lot():
+    """The hand-off sockets of one generation, made by its arbiter before it forks: a
+    datagram socketpair every worker holds both ends of. A datagram sent on the first end
+    (a connection's descriptor, and where it came from) reaches exactly one worker reading
+    the second, as a queued connection reaches one accept()."""
+    send_end, receive_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for end in (send_end, receive_end):
+        end.setblocking(False)
+    return send_end, receive_end
+
+
 class Reactor:
     """The connections one worker holds, and the loop that moves them."""
 
-    def __init__(self, listeners, config, wakeup_fd, answer_error, end_request):
+    def __init__(self, listeners, config, wakeup_fd, answer_error, end_request, lot=None):
         self.config = config
+        raise_fd_limit()
         self.limits = None  # http.Limits, set by the worker with its context
         self.answer_error = answer_error  # (conn, HTTPError) -> (status, sent): the server's own answer
         self.end_request = end_request  # (status, sent): the scoreboard's count of a refused request
@@ -116,6 +158,13 @@ class Reactor:
         self.head_bytes = 0  # held in unfinished heads
         self.queued = 0  # bytes of responses left to the loop
         self.swept = 0.0
+        self.held_at_sweep = 0  # connections held at the last sweep
+        self.lot = lot  # (send end, receive end) of the generation's hand-off sockets, or None
+        if lot is not None:
+            self.epoll.register(lot[1].fileno(), select.EPOLLIN)
+        self.lock = threading.Lock()  # the hand-off thread works only while the app slot holds it out
+        self.app_since = 0.0  # monotonic: when the app slot took its request; 0 while it is free
+        self.watcher = None  # the hand-off thread, started with the first idle connection
 
     # -- the worker's calls ------------------------------------------------------------
 
@@ -128,8 +177,8 @@ class Reactor:
     def wait(self, seconds):
         """Wait for readiness (at most `seconds`) and move every connection it concerns."""
         self._listen(self.accepting and (len(self.conns) < self.config.max_connections or self._idle()))
-        if self.conns:
-            seconds = min(seconds, SWEEP_EVERY)
+        if self.conns or self.held_at_sweep:
+            seconds = min(seconds, SWEEP_EVERY)  # and one sweep more once none is left: the counts say 0
         try:
             events = self.epoll.poll(seconds)
         except InterruptedError:
@@ -137,6 +186,8 @@ class Reactor:
         for fd, mask in events:
             if fd in self.listeners:
                 self.listeners[fd][2] = True
+            elif self.lot is not None and fd == self.lot[1].fileno():
+                self._receive_handed_off()
             elif fd != self.wakeup_fd:
                 conn = self.conns.get(fd)
                 if conn is not None:
@@ -155,6 +206,13 @@ class Reactor:
             conn.heard = time.monotonic()
             return
         self._after_response(conn)
+
+    def app_started(self):
+        self.app_since = time.monotonic()
+
+    def app_done(self):
+        with self.lock:  # a hand-off under way ends before the loop takes its connections back
+            self.app_since = 0.0
 
     def may_queue(self, size):
         """May the loop finish sending `size` more bytes of a response (0: a file)?"""
@@ -339,6 +397,9 @@ class Reactor:
             self._enter(conn, READING)
             return self._parse(conn, data)
         self._enter(conn, IDLE)
+        if self.watcher is None and self.lot is not None:
+            self.watcher = threading.Thread(target=self._watch_app_slot, name="prefork-handoff", daemon=True)
+            self.watcher.start()
 
     # -- ending ---------------------------------------------------------------------------
 
@@ -374,11 +435,81 @@ class Reactor:
             self.epoll.modify(conn.fd, events)
         self.watched[conn.fd] = events
 
+    # -- hand-off: no request waits behind a long one while a sibling is idle ---------------
+
+    def _watch_app_slot(self):
+        """The hand-off thread: a look every HANDOFF_LOOK s, and nothing else."""
+        while True:
+            time.sleep(HANDOFF_LOOK)
+            since = self.app_since
+            if not since or time.monotonic() - since < HANDOFF_AFTER or self.stopping:
+                continue
+            with self.lock:
+                if self.app_since == since:  # the app slot still holds the same request
+                    self._hand_off_waiting()
+
+    def _hand_off_waiting(self):
+        """Pass on the idle connections that have a request waiting (the app slot is busy)."""
+        idle = [c for c in self.conns.values() if c.state == IDLE and not c.inbuf]
+        if not idle:
+            return
+        poller = select.poll()
+        for conn in idle:
+            poller.register(conn.fd, select.POLLIN)
+        send_end = self.lot[0]
+        for fd, _ in poller.poll(0):
+            conn = self.conns[fd]
+            note = f"{conn.listener_fd} {conn.served}".encode()
+            try:
+                send_end.sendmsg([note], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+            except OSError:  # EAGAIN: the lot is full; the connection waits here as before
+                return
+            # The descriptor in flight keeps the socket open, and with it its place in our
+            # epoll set, which close() would not take away: take it out first.
+            self.epoll.unregister(fd)
+            self.watched.pop(fd, None)
+            del self.conns[fd]
+            conn.sock.close()
+
+    def _receive_handed_off(self):
+        """Take the connections siblings passed on: each has a request waiting."""
+        receive_end = self.lot[1]
+        while True:
+            try:
+                note, ancillary, _, _ = receive_end.recvmsg(64, socket.CMSG_SPACE(array.array("i").itemsize))
+            except (BlockingIOError, InterruptedError):
+                return
+            fds = array.array("i")
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+            for fd in fds:
+                self._take_handed_off(fd, note)
+
+    def _take_handed_off(self, fd, note):
+        try:
+            listener_fd, served = (int(x) for x in note.split())
+            family = self.listeners[listener_fd][1]
+        except (ValueError, KeyError):
+            os.close(fd)  # not from a sibling of this generation: nothing to serve
+            return
+        sock = _socket.socket(family, SOCK_STREAM, 0, fd)
+        try:
+            client = sock.getpeername() if family != AF_UNIX else ""
+        except OSError:
+            client = ("", 0)
+        conn = Connection(sock, client, family == AF_UNIX, listener_fd)
+        conn.served = served
+        self.conns[fd] = conn
+        conn.state, conn.since = READING, time.monotonic()
+        self._watch(conn, _IN)
+
     # -- deadlines ------------------------------------------------------------------------
 
     def sweep(self, now):
         """Every connection past its state's deadline (DEADLINES) is answered or closed."""
         self.swept = now
+        self.held_at_sweep = len(self.conns)
         timeout = self.config.client_timeout
         for conn in list(self.conns.values()):
             state = conn.state

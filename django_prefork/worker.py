@@ -38,7 +38,7 @@ BOOT_ERROR = 3  # exit code: the app could not be loaded
 
 
 class SyncWorker:
-    def __init__(self, number, ppid, listeners, beat, config, load_app, max_requests, slot=None):
+    def __init__(self, number, ppid, listeners, beat, config, load_app, max_requests, slot=None, lot=None):
         self.number = number
         self.ppid = ppid
         self.listeners = listeners
@@ -53,6 +53,8 @@ class SyncWorker:
         self.contexts = {}  # listener fd -> its WorkerContext
         self.context_of_request = None  # the context of the request in the app slot
         self.reactor = None
+        self.lot = lot  # the generation's hand-off sockets (reactor.handoff_lot), or None
+        self.published_at = None  # the reactor's sweep whose connection counts the scoreboard has
 
     def run(self):
         code = 0
@@ -158,7 +160,8 @@ class SyncWorker:
     def serve_forever(self, app):
         """notify → accept → handle, the sync worker's loop, around an event loop that
         holds every connection until its request is complete (reactor.py)."""
-        reactor = self.reactor = Reactor(self.listeners, self.config, self.wakeup_r, self.refuse, self.end_request)
+        reactor = self.reactor = Reactor(self.listeners, self.config, self.wakeup_r, self.refuse, self.end_request,
+                                         self.lot)
         self.contexts = {fd: WorkerContext(app, listener, self.config, self.heartbeat, self.last_request,
                                                reactor.may_queue)
                          for fd, listener in ((l.fileno(), l) for l in self.listeners)}
@@ -180,12 +183,14 @@ class SyncWorker:
                 return
             if reactor.wait(wait):
                 drain(self.wakeup_r)
-            self.publish_connections()
+            if reactor.swept != self.published_at:  # a few times a second, not every turn
+                self.publish_connections()
 
     def handle(self, conn):
         """The app slot: one complete request, its response handed back to the event loop."""
         context = self.context_of_request = self.contexts[conn.listener_fd]
         status = sent = 0
+        self.reactor.app_started()
         try:
             status, sent = serve_connection(conn, context)
         except Exception:
@@ -194,6 +199,7 @@ class SyncWorker:
             log.exception("worker %d (pid %d): serving a request failed", self.number, os.getpid())
             conn.keep_alive = False
         finally:
+            self.reactor.app_done()
             self.end_request(status, sent)
             self.context_of_request = None
         self.served += 1
@@ -227,6 +233,7 @@ class SyncWorker:
         return queued_connections(self.listeners, self.config.backlog)
 
     def publish_connections(self):
+        self.published_at = self.reactor.swept
         if self.slot is not None:
             self.slot.set_connections(self.reactor.counts())
 

@@ -243,3 +243,19 @@ def test_a_body_buffer_counts_what_it_holds():
     buffer.write(b"9")
     assert buffer.file is not None and buffer.as_input().read() == b"123456789"
     buffer.close()
+
+
+def test_the_bodies_of_a_worker_share_one_memory_budget(monkeypatch):
+    monkeypatch.setattr(BodyBuffer, "WORKER_MEMORY", 10)
+    monkeypatch.setattr(BodyBuffer, "held", 0)  # what other tests left unclosed is not ours
+    first, second = BodyBuffer(8), BodyBuffer(8)
+    first.write(b"12345678")
+    second.write(b"abc")  # 11 bytes would be past the worker's 10: to a file
+    assert first.file is None and second.file is not None
+    first.close()
+    third = BodyBuffer(8)
+    third.write(b"xyz")  # the first's memory was given back
+    assert third.file is None
+    for buffer in (second, third):
+        buffer.close()
+    assert BodyBuffer.held == 0

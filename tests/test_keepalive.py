@@ -213,3 +213,80 @@ def test_http_client_reuses_one_connection(kept):
         assert len(ports) == 1
     finally:
         conn.close()
+
+
+def idle_by_worker(server):
+    from django_prefork.management.commands.preforkstatus import fetch_status
+
+    return [(w.get("connections") or {}).get("idle", 0) for w in fetch_status(server.pid)["worker_list"]]
+
+
+def fast_latencies(server, keep_alive, seconds=4.0, clients=6):
+    """The p99 seconds of `clients` loops on a fast view while one client keeps asking for a
+    500 ms one; each fast loop keeps its connection (keep_alive) or opens one a request. With
+    keep-alive, the fast connections are opened first and both workers hold some of them."""
+    import http.client
+    import threading
+
+    def connect():
+        return http.client.HTTPConnection("127.0.0.1", server.port, timeout=15)
+
+    conns = []
+    if keep_alive:
+        deadline = time.monotonic() + 10
+        while len(conns) < clients or min(idle_by_worker(server)) == 0:
+            assert time.monotonic() < deadline, "the fast connections all went to one worker"
+            conn = connect()
+            conn.request("GET", "/echo")
+            conn.getresponse().read()
+            conns.append(conn)
+            time.sleep(0.3)  # the workers publish what they hold a few times a second
+    stop = time.monotonic() + seconds
+    latencies = []
+
+    def slow_loop():
+        conn = connect()
+        while time.monotonic() < stop:
+            conn.request("GET", "/sleep?0.5")
+            conn.getresponse().read()
+        conn.close()
+
+    def fast_loop(conn):
+        while time.monotonic() < stop:
+            if conn is None:
+                conn = connect()
+            started = time.monotonic()
+            conn.request("GET", "/echo", headers={} if keep_alive else {"Connection": "close"})
+            response = conn.getresponse()
+            response.read()
+            latencies.append(time.monotonic() - started)
+            assert response.status == 200
+            if not keep_alive:
+                conn.close()
+                conn = None
+            time.sleep(0.01)
+        if conn is not None:
+            conn.close()
+
+    threads = [threading.Thread(target=slow_loop)]
+    threads += [threading.Thread(target=fast_loop, args=(conns[i] if conns else None,)) for i in range(clients)]
+    for conn in conns[clients:]:
+        conn.close()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    latencies.sort()
+    return latencies[int(len(latencies) * 0.99) - 1]
+def test_no_request_waits_behind_a_long_one_on_a_kept_connection(serve):
+    # Keep-alive clients on a fast view, one client on a 500 ms view, 2 workers: a fast request
+    # on a connection of the busy worker goes to the idle one instead of waiting for the slow one.
+    settings = {**SETTINGS, "PREFORK_WORKERS": 2, "PREFORK_KEEPALIVE": 30}
+    kept_server = serve(settings=settings)
+    kept_server.wait_workers(2)
+    with_keepalive = fast_latencies(kept_server, keep_alive=True)
+    closing_server = serve(settings={**settings, "PREFORK_KEEPALIVE": 0})
+    closing_server.wait_workers(2)
+    without = fast_latencies(closing_server, keep_alive=False)
+    # A fast request waiting for the slow one would take up to 500 ms; the hand-off costs ~20 ms.
+    assert with_keepalive < max(0.1, without + 0.05), (with_keepalive, without)
