@@ -620,3 +620,23 @@ def test_a_queued_body_is_a_copy_of_what_the_app_gave():
     exchange = Exchange(GET11, app, may_queue=lambda size: True).serve()
     response, body, whole, _ = parse(exchange.finish())
     assert whole and body == b"go" + b"b" * size + b"c" * size
+
+
+def _str_body(length):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "5")] if length else [])
+        return ["hello"]  # str, not bytes: PEP 3333 forbids it
+    return app
+
+
+@pytest.mark.xfail(strict=True, reason="bug: Response.write sets head_sent before the head is sent; a str body "
+                   "fails (TypeError) before any byte goes out, so the client gets an empty close, not a 500, "
+                   "and serve_connection reports (200, 5)")
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
+def test_a_str_body_is_a_500_not_an_empty_close(length):
+    # PEP 3333: an error before any byte is sent is the server's 500; an empty close makes a browser retry.
+    exchange = run(GET11, _str_body(length))
+    assert exchange.data, "not a byte sent: the connection closed without a response"
+    response, body, whole, _ = parse(exchange.data)
+    assert (response.status_code, whole) == (500, True)
+    assert exchange.result[0] == 500
