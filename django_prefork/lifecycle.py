@@ -108,6 +108,7 @@ LINGER_SECONDS = 1.0  # reading what a client still sends before closing on it
 LINGER_BYTES = 4 * 1024 * 1024  # ... and at most this much of it
 HANDOFF_AFTER = 0.02  # the app slot busy this long: idle connections with a request go to a sibling
 HANDOFF_LOOK = 0.01  # between two looks of the hand-off thread at the app slot
+SILENT_AT_STOP = 1.0  # at a graceful stop, what a connection that said nothing yet still gets
 SWEEP_EVERY = 0.25  # between two looks at every held connection's deadline (reactor.py)
 PROGRESS_LOOK = 0.5  # between two looks at a slow reader's acknowledged bytes
 IDLE_WAIT_WITHOUT_TIMEOUT = 1.0  # a worker's longest wait for work when PREFORK_TIMEOUT is 0

@@ -68,7 +68,7 @@ from socket import AF_UNIX, SOCK_STREAM
 from types import MappingProxyType
 
 from .http import HTTPError, Reader
-from .lifecycle import HANDOFF_AFTER, HANDOFF_LOOK, LINGER_SECONDS, SWEEP_EVERY
+from .lifecycle import HANDOFF_AFTER, HANDOFF_LOOK, LINGER_SECONDS, SILENT_AT_STOP, SWEEP_EVERY
 from .sockets import set_io_timeout
 from .transport import ClientDisconnected, Connection
 
@@ -170,6 +170,13 @@ class Reactor:
 
     def next_request(self):
         """A connection whose request is complete, or None: nothing is ready now."""
+        now = time.monotonic()
+        if now - self.swept >= SWEEP_EVERY and self.conns:
+            # A load that keeps the listener hot never lets the loop wait: the deadlines
+            # hold all the same, and a None makes the worker poll what it holds.
+            self.sweep(now)
+            if not self.ready:
+                return None
         if not self.ready and self.accepting:
             self._accept_while_hot()
         return self.ready.popleft() if self.ready else None
@@ -219,14 +226,22 @@ class Reactor:
         return self.queued + size <= QUEUE_LIMIT
 
     def stop(self, queued):
-        """A graceful stop: take `queued` more connections (None: none), finish what is held."""
+        """A graceful stop: take `queued` more connections (None: none), finish what is held.
+
+        Idle keep-alive connections close now. One that has said nothing yet may be a
+        queued request still on its way (a unix socket is accepted before its bytes come):
+        it gets SILENT_AT_STOP to say it.
+        """
         self.stopping = True
         self.quota = queued
         if not queued:
             self.accepting = False
+        now = time.monotonic()
         for conn in list(self.conns.values()):
-            if conn.state == IDLE or (conn.state == READING and (conn.reader is None or not conn.reader.received)):
+            if conn.state == IDLE:
                 self._drop(conn)
+            elif conn.state == READING and (conn.reader is None or not conn.reader.received):
+                conn.since = min(conn.since, now - self.config.client_timeout + SILENT_AT_STOP)
 
     def drained(self):
         return not self.conns and not self.ready
@@ -371,6 +386,9 @@ class Reactor:
         self._hold_head(conn, 0)
         status, sent = self.answer_error(conn, exc)
         self.end_request(status, sent)
+        conn.keep_alive = False
+        if conn.out:
+            return self.answered(conn)  # its answer is finished by the loop, then it closes
         self._close(conn, linger=exc.status != 408)  # a client too slow for us gets no more of our time
 
     # -- writing --------------------------------------------------------------------------

@@ -210,7 +210,8 @@ class SyncWorker:
 
     def refuse(self, conn, exc):
         """The server's own answer to a request the event loop will not pass on (4xx, 503)."""
-        return answer_error(conn, exc, self.contexts[conn.listener_fd], request_line=None)
+        # What the client does not take at once is left to the loop: it must never wait here.
+        return answer_error(conn, exc, self.contexts[conn.listener_fd], None, self.reactor.may_queue)
 
     def end_request(self, status, sent):
         if self.slot is not None:

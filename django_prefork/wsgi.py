@@ -120,7 +120,9 @@ def serve_connection(conn, context):
         environ["wsgi.input"] = request.buffer.as_input()
     else:
         environ["wsgi.input"] = Body(conn.sock, request)
-    keep_alive = context.keepalive and request.keep_alive and request.complete and not context.stopping()
+    keep_alive = bool(context.keepalive) and request.keep_alive and request.complete and not context.stopping()
+    if request.complete:
+        request.started = time.monotonic()  # the body is in: the deadline bounds the app and its response
     response = Response(conn, environ["REQUEST_METHOD"] == "HEAD", request.version == "1.1", request.deadline,
                         context.client_timeout, keep_alive, context.may_queue)
     context.response = response  # the one store per request the timeout's 500 needs
@@ -316,6 +318,9 @@ class Response:
         """PEP 3333's write() callable, and the path every body chunk takes."""
         if self.status is None:
             raise AssertionError("write() before start_response()")
+        if type(data) is not bytes and not isinstance(data, (bytes, bytearray)):
+            # Refused before the head goes out, so the client still gets its 500 (PEP 3333: bytestrings).
+            raise TypeError(f"the app gave a {type(data).__name__} where the body must be bytes")
         head = b""
         if not self.head_sent:
             head = self._head()
@@ -359,7 +364,7 @@ class Response:
             sent = conn.send_some(data)
             if sent >= len(data):
                 return
-            data = memoryview(data)[sent:]
+            data = memoryview(data)[sent:] if type(data) is bytes else data[sent:]  # the app may reuse a bytearray
         if self.may_queue is not None and self.may_queue(len(data)):
             conn.queue(data if type(data) is not bytearray else bytes(data))
         else:
@@ -469,7 +474,7 @@ def http_date():
     return _date[1]
 
 
-def answer_error(conn, exc, context, request_line):
+def answer_error(conn, exc, context, request_line, may_queue=None):
     """The server's own answer (4xx, 5xx), through the same Response as the app's.
 
     The connection closes after it: the caller lingers on it first, unless
@@ -477,7 +482,8 @@ def answer_error(conn, exc, context, request_line):
     """
     conn.keep_alive = False
     body = f"{exc.status} {exc.reason}\n".encode("latin-1", "replace")
-    response = Response(conn, head_only=exc.head_only, http11=True, io_timeout=context.client_timeout)
+    response = Response(conn, head_only=exc.head_only, http11=True, io_timeout=context.client_timeout,
+                        may_queue=may_queue)
     response.start_response(
         f"{exc.status} {reason_phrase(exc.status)}",
         [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],

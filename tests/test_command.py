@@ -121,7 +121,7 @@ def test_banner_says_what_runs(serve):
     assert "Django version " in out and "using settings 'tests.fixtureapp.settings'" in out
     assert f"Starting prefork server at http://127.0.0.1:{server.port}/" in out
     assert (
-        f"Master pid {server.proc.pid}: 3 sync workers, 1 thread each, blocking I/O; "
+        f"Master pid {server.proc.pid}: 3 sync workers, 1 thread each, slow clients held by an event loop; "
         "at most 3 requests at once, the rest queue (backlog 64)"
     ) in out
     assert "Quit the server with CONTROL-C." in out

@@ -24,8 +24,17 @@ CONFIG = dict(keepalive=5.0, client_timeout=5.0, limit_request_line=8190, limit_
 
 
 class FakeReactor:
+    swept = 1.0
+
     def __init__(self):
         self.answered_conns = []
+        self.app_busy = []
+
+    def app_started(self):
+        self.app_busy.append(True)
+
+    def app_done(self):
+        self.app_busy.append(False)
 
     def answered(self, conn):
         self.answered_conns.append((conn, conn.keep_alive))

@@ -603,8 +603,6 @@ def test_answer_error_to_a_client_gone_is_quiet():
     exchange.listener.close()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Response._send queues memoryview(app's bytearray)[sent:] after a "
-                   "partial send_some; the app reusing its buffer rewrites bytes not yet sent")
 def test_a_queued_body_is_a_copy_of_what_the_app_gave():
     # The bytearray check in _send shows the intent: the event loop sends later, so it must own the bytes.
     size = 1 << 20  # more than a socketpair's buffer: the first send is partial, the rest queued
@@ -629,9 +627,6 @@ def _str_body(length):
     return app
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Response.write sets head_sent before the head is sent; a str body "
-                   "fails (TypeError) before any byte goes out, so the client gets an empty close, not a 500, "
-                   "and serve_connection reports (200, 5)")
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
 def test_a_str_body_is_a_500_not_an_empty_close(length):
     # PEP 3333: an error before any byte is sent is the server's 500; an empty close makes a browser retry.

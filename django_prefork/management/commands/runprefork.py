@@ -169,7 +169,7 @@ class Command(StaticfilesRunserver):
             f"{datetime.now().strftime('%B %d, %Y - %X')}\n"
             f"Django version {self.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
             f"Starting prefork server at {where}\n"
-            f"Master pid {os.getpid()}: {workers}, 1 thread each, blocking I/O; "
+            f"Master pid {os.getpid()}: {workers}, 1 thread each, slow clients held by an event loop; "
             f"at most {n} request{'s' if n != 1 else ''} at once, the rest queue (backlog {self.config.backlog})\n"
             f"Generation 1; reload with kill -HUP {os.getpid()}"
             f"{' or by saving a file (autoreload on)' if self.config.reload else ''}\n"
