@@ -363,7 +363,7 @@ def test_pipelining_abuse(serve):
         data = rest[length:]
     print(f"\npipelining: {len(order)} of 1000 answered; GETs meanwhile {percentiles([lat for _, lat in served])}")
     assert data == b"", data[:200]
-    assert order == list(range(len(order))) and len(order) in (1000,) or len(order) < 1000
+    assert order == list(range(len(order)))  # in order; fewer than 1000 only if the connection was cut
     assert [s for s, lat in served] == [200] * len(served)
     assert max(lat for _, lat in served) < 1
     no_worker_lost(server, pids)
