@@ -70,7 +70,7 @@ from types import MappingProxyType
 from .http import HTTPError, Reader
 from .lifecycle import HANDOFF_AFTER, HANDOFF_LOOK, LINGER_SECONDS, SILENT_AT_STOP, SWEEP_EVERY
 from .sockets import set_io_timeout
-from .transport import ClientDisconnected, Connection
+from .transport import QUEUE, SPOOL, ClientDisconnected, Connection
 
 log = logging.getLogger("django_prefork")
 
@@ -99,7 +99,8 @@ DEADLINES = MappingProxyType({
 })
 
 HEAD_MEMORY = 32 * 1024 * 1024  # bytes of unfinished request heads a worker holds; past it: 503
-QUEUE_LIMIT = 16 * 1024 * 1024  # bytes of unsent responses a worker holds; past it the app waits
+QUEUE_LIMIT = 16 * 1024 * 1024  # bytes of unsent responses a worker holds in memory; past it they spool
+SPOOL_LIMIT = 1024 * 1024 * 1024  # bytes of unsent responses a worker spools to files; past it the app waits
 
 _IN, _OUT = select.EPOLLIN | select.EPOLLRDHUP, select.EPOLLOUT
 _WATCH = {READING: _IN, WAITING: _IN, IDLE: _IN, LINGERING: _IN, WRITING: _OUT}
@@ -156,7 +157,8 @@ class Reactor:
         self.quota = None  # after a graceful stop: connections still to take from the listen queue
         self.stopping = False
         self.head_bytes = 0  # held in unfinished heads
-        self.queued = 0  # bytes of responses left to the loop
+        self.queued = 0  # bytes of responses left to the loop in memory
+        self.spooled = 0  # ... and in temporary files
         self.swept = 0.0
         self.held_at_sweep = 0  # connections held at the last sweep
         self.lot = lot  # (send end, receive end) of the generation's hand-off sockets, or None
@@ -207,6 +209,7 @@ class Reactor:
     def answered(self, conn):
         """The app slot is done with `conn`: finish its response here, keep it, or close it."""
         conn.reader = None
+        conn.seal_spool()
         if conn.out or conn.out_file is not None:
             self.queued += conn.out_bytes
             self._enter(conn, WRITING)
@@ -222,8 +225,14 @@ class Reactor:
             self.app_since = 0.0
 
     def may_queue(self, size):
-        """May the loop finish sending `size` more bytes of a response (0: a file)?"""
-        return self.queued + size <= QUEUE_LIMIT
+        """Where `size` more unsent bytes of a response may wait for the loop (0: a file):
+        QUEUE (memory), SPOOL (a temporary file) or None (nowhere: the app waits)."""
+        if self.queued + size <= QUEUE_LIMIT:
+            return QUEUE
+        if self.spooled + size <= SPOOL_LIMIT:
+            self.spooled += size
+            return SPOOL
+        return None
 
     def stop(self, queued):
         """A graceful stop: take `queued` more connections (None: none), finish what is held.
@@ -405,6 +414,8 @@ class Reactor:
             self._after_response(conn)
 
     def _after_response(self, conn):
+        self.spooled -= conn.spooled
+        conn.spooled = 0
         if not conn.keep_alive or self.stopping:
             return self._close(conn, linger=conn.unread_input())
         conn.served += 1
@@ -433,6 +444,7 @@ class Reactor:
         self._hold_head(conn, 0)
         if conn.state == WRITING:
             self.queued -= conn.out_bytes
+        self.spooled -= conn.spooled
         self.watched.pop(conn.fd, None)  # close() takes it out of the epoll set
         reader = conn.reader
         if reader is not None and reader.request.buffer is not None:

@@ -27,6 +27,7 @@ import select
 import socket
 import struct
 import sys
+import tempfile
 import termios
 import time
 from collections import deque
@@ -36,6 +37,9 @@ from .lifecycle import LINGER_BYTES, LINGER_SECONDS, PROGRESS_LOOK
 RECV_SIZE = 65536
 SENDFILE_CHUNK = 1 << 30
 _DONTWAIT = socket.MSG_DONTWAIT
+
+
+QUEUE, SPOOL = "queue", "spool"  # where a response's unsent bytes may go (the worker's may_queue says)
 
 
 class ClientDisconnected(Exception):
@@ -48,7 +52,7 @@ class Connection:
     __slots__ = ("sock", "fd", "client", "unix", "inbuf", "out", "out_bytes", "out_file", "state",
                  "since", "heard", "reader", "keep_alive", "served", "deadline", "io_timeout",
                  "lingered", "got", "body_since", "window_at", "window_got", "head_held",
-                 "listener_fd")
+                 "listener_fd", "spool_file", "spooled")
 
     def __init__(self, sock, client, unix=False, listener_fd=-1):
         self.sock = sock
@@ -74,6 +78,8 @@ class Connection:
         self.window_at = 0.0  # the min-rate window: when it began
         self.window_got = 0  # ... and `got` then
         self.head_held = 0  # bytes of an unfinished head the worker's bound counts for it
+        self.spool_file = None  # a temporary file a response goes on in once memory is spent
+        self.spooled = 0  # bytes written to spool files for the response in hand
 
     def fileno(self):
         return self.fd
@@ -202,6 +208,28 @@ class Connection:
         """Leave a file (a descriptor of our own, closed once sent) to the event loop's sendfile."""
         self.out_file = [src, offset, count]
 
+    def spool(self, data):
+        """Write `data` after what is queued, into a temporary file the loop sends from
+        (`seal_spool`), as nginx's proxy_temp_file: the client takes its time, not the app's."""
+        if self.spool_file is None:
+            self.spool_file = tempfile.TemporaryFile(prefix="prefork-response-")
+        self.spool_file.write(data)
+        self.spooled += len(data)
+
+    def seal_spool(self):
+        """What was spooled is complete: it goes out after the queue, by sendfile."""
+        spool = self.spool_file
+        if spool is None:
+            return
+        spool.flush()
+        size = spool.tell()
+        fd = os.dup(spool.fileno())
+        spool.close()
+        self.spool_file = None
+        if self.out_file is not None:  # a file queued before it: send both, in order (rare: the app slot waits)
+            raise AssertionError("a spool after a queued file")
+        self.out_file = [fd, 0, size]
+
     def flush(self):
         """Send what is queued as far as the socket takes it now; True once nothing is left."""
         out = self.out
@@ -248,6 +276,9 @@ class Connection:
         """Forget what was left to send (the client is gone or too slow)."""
         self.out.clear()
         self.out_bytes = 0
+        if self.spool_file is not None:
+            self.spool_file.close()
+            self.spool_file = None
         if self.out_file is not None:
             os.close(self.out_file[0])
             self.out_file = None

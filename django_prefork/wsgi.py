@@ -22,7 +22,7 @@ from django.utils.log import log_message
 from . import __version__
 from .conf import forwarded_trust
 from .http import TOKEN, Body, HTTPError, Limits, decode_path, reason_phrase, split_target
-from .transport import ClientDisconnected, check_deadline
+from .transport import QUEUE, ClientDisconnected, check_deadline
 
 log = logging.getLogger("django_prefork")
 access_log = logging.getLogger("django.server")
@@ -360,14 +360,18 @@ class Response:
         if self.sends:
             check_deadline(self.deadline)
         self.sends += 1
-        if not conn.out and conn.out_file is None:
+        if not conn.out and conn.out_file is None and conn.spool_file is None:
             sent = conn.send_some(data)
             if sent >= len(data):
                 return
             data = memoryview(data)[sent:] if type(data) is bytes else data[sent:]  # the app may reuse a bytearray
-        if self.may_queue is not None and self.may_queue(len(data)):
+        may = self.may_queue(len(data)) if self.may_queue is not None else None
+        if may is QUEUE and conn.spool_file is None:
             conn.queue(data if type(data) is not bytearray else bytes(data))
-        else:
+        elif may:  # memory spent: the rest goes to a file the loop sends from
+            conn.spool(data)
+        else:  # past what a worker may hold: the app waits for its client, as a sync worker does
+            conn.seal_spool()
             conn.send(data, self.deadline, self.io_timeout)
 
     def send(self, result):
@@ -397,7 +401,7 @@ class Response:
             offset = filelike.tell()
         except (AttributeError, OSError):
             offset = 0
-        if self.may_queue is not None and self.may_queue(0):
+        if self.may_queue is not None and self.conn.spool_file is None and self.may_queue(0) is QUEUE:
             # The event loop sends it with no copy, from a descriptor of its own:
             # the app's close() of the file (now, at the end of the request) cannot cut it.
             self.conn.queue_file(os.dup(filelike.fileno()), offset, self.remaining)

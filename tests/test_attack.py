@@ -210,13 +210,8 @@ def no_connections_held(server, timeout=10):
 # -- part 1: the attacks the event loop was built for ---------------------------------------------
 
 
-SLOW_READERS_BLOCK = ("BUG: past reactor.QUEUE_LIMIT (16 MiB of unsent responses a worker) the app slot sends "
-                      "itself and waits for its slow reader until the request's deadline (PREFORK_TIMEOUT - 2 s): "
-                      "a few clients reading a big response slowly take every worker and GETs time out")
-
-
 @pytest.mark.parametrize("slow_readers", [
-    pytest.param(10, marks=pytest.mark.xfail(strict=True, reason=SLOW_READERS_BLOCK)),
+    pytest.param(10, id="with-slow-readers"),
     pytest.param(0, id="without-slow-readers"),
 ])
 def test_acceptance_mixed_attack_leaves_gets_fast(serve, slow_readers):
@@ -395,7 +390,6 @@ def test_term_with_idle_keepalive_connections_and_one_in_flight(serve):
     assert time.monotonic() - stopped < 3
 
 
-@pytest.mark.xfail(strict=True, reason=SLOW_READERS_BLOCK)
 def test_slow_readers_past_the_queue_limit_leave_the_worker_free(serve):
     """One worker, 5 clients reading /stream-big (16 MiB each) at 4 KiB/s: a GET is still answered at once."""
     server, pids = start(serve, workers=1, PREFORK_CLIENT_TIMEOUT=5)
@@ -413,11 +407,6 @@ def test_slow_readers_past_the_queue_limit_leave_the_worker_free(serve):
 # -- part 2: hostile clients beyond those ----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a body the event loop accepts (never silent, above PREFORK_CLIENT_MIN_RATE) may take past the "
-    "request's deadline (PREFORK_TIMEOUT - 2 s from its first byte), which the READING state never checks: "
-    "the app then runs with its deadline already spent and every write after its first raises "
-    "ClientDisconnected, so the client gets a 200 cut after one chunk (and the app's side effects happened)"))
 def test_a_slow_but_allowed_upload_gets_its_whole_response_or_a_408(serve):
     server, pids = start(serve, workers=1, PREFORK_CLIENT_TIMEOUT=2, PREFORK_TIMEOUT=6)  # deadline: 4 s
     sock = connect(server, blocking=True)

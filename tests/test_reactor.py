@@ -13,6 +13,8 @@ import types
 
 import pytest
 
+from django_prefork.transport import QUEUE, SPOOL
+
 from django_prefork import lifecycle
 from django_prefork import reactor as reactor_module
 from django_prefork.http import Limits
@@ -326,7 +328,7 @@ def test_a_response_the_client_has_not_taken_is_finished_by_the_loop(rig):
     body = b"x" * (4 << 20)  # more than the socket buffers hold
     r.answer(conn, body=body)
     assert r.held(writing=1) and r.reactor.queued > 0
-    assert not r.reactor.may_queue(reactor_module.QUEUE_LIMIT)  # what is queued counts against the limit
+    assert r.reactor.may_queue(reactor_module.QUEUE_LIMIT) is not QUEUE  # what is queued counts against the limit
     client.setblocking(False)
     got = bytearray()
 
@@ -350,10 +352,11 @@ def test_a_client_reading_nothing_is_dropped_after_the_client_timeout(rig):
     assert r.reactor.drained() and r.reactor.queued == 0
 
 
-def test_may_queue_is_bounded_by_queue_limit(rig):
+def test_memory_then_files_then_nowhere(rig):
     r = rig()
-    assert r.reactor.may_queue(0) and r.reactor.may_queue(reactor_module.QUEUE_LIMIT)
-    assert not r.reactor.may_queue(reactor_module.QUEUE_LIMIT + 1)
+    assert r.reactor.may_queue(0) is QUEUE and r.reactor.may_queue(reactor_module.QUEUE_LIMIT) is QUEUE
+    assert r.reactor.may_queue(reactor_module.QUEUE_LIMIT + 1) is SPOOL  # past memory: a temporary file
+    assert r.reactor.may_queue(reactor_module.SPOOL_LIMIT) is None  # past the files' bound: the app waits
 
 
 # -- bounds ---------------------------------------------------------------------------------------

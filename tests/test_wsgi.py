@@ -12,6 +12,8 @@ import socket
 
 import pytest
 
+from django_prefork.transport import QUEUE
+
 from .helpers import head, receive_all, split
 
 RAW_APPS = "tests.fixtureapp.rawapps.application"
@@ -485,8 +487,8 @@ def _file_app(path, length=True):
 
 
 @pytest.mark.parametrize("may_queue, offloaded", [
-    (lambda size: True, True),  # room in the worker's queue: the event loop sendfiles it, the app slot moves on
-    (lambda size: False, False),  # QUEUE_LIMIT reached: the app slot sends it itself
+    (lambda size: QUEUE, True),  # room in the worker's queue: the event loop sendfiles it, the app slot moves on
+    (lambda size: None, False),  # nowhere left to hold it: the app slot sends it itself
     (None, False),  # no event loop (the timeout's 500): sent here
 ], ids=["room", "full", "no-loop"])
 def test_file_wrapper_goes_to_the_event_loop_when_it_may(tmp_path, may_queue, offloaded):
@@ -503,7 +505,7 @@ def test_file_wrapper_goes_to_the_event_loop_when_it_may(tmp_path, may_queue, of
 def test_file_wrapper_without_a_length_to_http11_is_chunked_not_sendfiled(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(b"x" * 1000)
-    exchange = Exchange(GET11, _file_app(path, length=False), may_queue=lambda size: True).serve()
+    exchange = Exchange(GET11, _file_app(path, length=False), may_queue=lambda size: QUEUE).serve()
     assert exchange.out_file is None  # sendfile cannot chunk
     response, body, whole, _ = parse(exchange.finish())
     assert (body, whole, header(response, "transfer-encoding")) == (b"x" * 1000, True, "chunked")
@@ -615,7 +617,7 @@ def test_a_queued_body_is_a_copy_of_what_the_app_gave():
         buf[:] = b"c" * size  # a reused buffer, same size (a resize would raise BufferError)
         yield buf
 
-    exchange = Exchange(GET11, app, may_queue=lambda size: True).serve()
+    exchange = Exchange(GET11, app, may_queue=lambda size: QUEUE).serve()
     response, body, whole, _ = parse(exchange.finish())
     assert whole and body == b"go" + b"b" * size + b"c" * size
 
