@@ -239,6 +239,8 @@ SETTINGS = (
             "Connections one worker holds at once; full, it stops accepting."),
     Setting("PREFORK_BUFFER_BODY", "prefork.E025", 1 << 20, _optional(_int(0)),
             "Request body bytes kept in memory (larger: a temporary file); None streams bodies."),
+    Setting("PREFORK_LIMIT_REQUEST_BODY", "prefork.E026", 1 << 30, _int(0),
+            "Largest request body, bytes (→ 413; 0 = no limit): what one upload may spool to disk."),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -364,6 +366,7 @@ class Config:
     keepalive: float  # seconds; 0 = close after each response
     max_connections: int
     buffer_body: object  # bytes kept in memory; None: bodies are streamed
+    limit_request_body: int  # bytes; 0 = no limit
 
     @classmethod
     def load(cls, overrides=None, environ=None):

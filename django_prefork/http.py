@@ -93,10 +93,11 @@ class _MessageEnd(Exception):
 
 
 class Limits:
-    __slots__ = ("request_line", "fields", "field_size", "head", "client_timeout", "min_rate", "body_time")
+    __slots__ = ("request_line", "fields", "field_size", "head", "client_timeout", "min_rate", "body_time", "body")
 
-    def __init__(self, request_line, fields, field_size, client_timeout=10, min_rate=0, timeout=0):
+    def __init__(self, request_line, fields, field_size, client_timeout=10, min_rate=0, timeout=0, body=0):
         self.request_line = request_line
+        self.body = body  # the largest body, bytes (0: no limit): a client declaring or sending more gets 413
         self.fields = fields
         self.field_size = field_size
         # Bounds what llhttp buffers for a header line that never ends.
@@ -387,6 +388,9 @@ class Reader:
     def _head_done(self):
         request = self.request
         request.check_head()
+        limit = request.limits.body
+        if limit and (request.content_length or 0) > limit:
+            raise HTTPError(413, f"Content Too Large: the body may be at most {limit} bytes")
         if request.upgrade:
             request.parser = _body_parser(request, b"")
         if request.complete:
@@ -419,6 +423,9 @@ class Reader:
                 self.stalled += piece_end - at
                 if self.stalled > request.limits.field_size + 2:
                     raise HTTPError(431, "Trailer or chunk framing too long")
+            limit = request.limits.body
+            if limit and request.buffer is not None and request.buffer.size > limit:
+                raise HTTPError(413, f"Content Too Large: the body may be at most {limit} bytes")
             at = piece_end
         if request.complete:
             request.parser = None

@@ -81,6 +81,7 @@ class WorkerContext:
             config.client_timeout,
             config.client_min_rate,
             config.timeout,
+            config.limit_request_body,
         )
         self.access_log = config.access_log
         self.unix = listener.sock.family == socket.AF_UNIX

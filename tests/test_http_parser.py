@@ -259,3 +259,24 @@ def test_the_bodies_of_a_worker_share_one_memory_budget(monkeypatch):
     for buffer in (second, third):
         buffer.close()
     assert BodyBuffer.held == 0
+
+
+@pytest.mark.parametrize("data", [
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n",  # declared: refused before a byte of it
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n",
+], ids=["content-length", "chunked"])
+def test_a_body_past_the_limit_is_413(data):
+    # What one upload may spool to disk is bounded (nginx's client_max_body_size).
+    reader = Reader(Limits(8190, 100, 8190, body=10), buffer_body=4)
+    with pytest.raises(HTTPError) as refused:
+        feed_all(reader, data, 7)
+    assert refused.value.status == 413
+    if reader.request.buffer is not None:
+        reader.request.buffer.close()
+
+
+def test_a_body_at_the_limit_passes():
+    reader = Reader(Limits(8190, 100, 8190, body=10), buffer_body=4)
+    reader.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789")
+    assert reader.complete and reader.request.buffer.as_input().read() == b"0123456789"
+    reader.request.buffer.close()
