@@ -225,7 +225,11 @@ class Arbiter(Supervisor):
         if len(serving) < self.worker_count:
             return  # still booting the last change: judge the full count
         busy = sum(1 for w in serving if w.heartbeat.current_request() is not None or w.heartbeat.debugging())
-        self.scaler.look(now, busy, len(serving), waiting_connections(self.listeners))
+        queued = waiting_connections(self.listeners)
+        if self.scoreboard is not None:
+            # Complete requests a busy worker's event loop holds wait too; a head still coming is no demand.
+            queued = (queued or 0) + self.scoreboard.waiting_requests(self.block)
+        self.scaler.look(now, busy, len(serving), queued)
         delta, why = self.scaler.decide(now, self.worker_count, self.room_for_one_more())
         if delta == 0:
             if why == "memory" and now - self.short_of_memory_said > 60:

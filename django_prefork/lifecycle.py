@@ -36,19 +36,17 @@ FREE, BOOTING, IDLE, BUSY, DEBUGGING = range(5)
 STATE_NAMES = MappingProxyType({FREE: "free", BOOTING: "booting", IDLE: "idle", BUSY: "busy",
                                 DEBUGGING: "debugging"})
 
-# (state, event) -> next state. Events not listed leave a worker where it is.
-TRANSITIONS = MappingProxyType({
-    (FREE, "forked"): BOOTING,
-    (BOOTING, "app loaded"): IDLE,
-    (IDLE, "request started"): BUSY,
-    (BUSY, "request done"): IDLE,
-    (BUSY, "pdb holds it"): DEBUGGING,
-    (DEBUGGING, "pdb lets go"): BUSY,
-    (BOOTING, "exited"): FREE,
-    (IDLE, "exited"): FREE,
-    (BUSY, "exited"): FREE,
-    (DEBUGGING, "exited"): FREE,
-})
+# Every move a worker makes: (state, event, next state). Events not listed leave a worker where it is.
+MOVES = (
+    (FREE, "forked", BOOTING),
+    (BOOTING, "app loaded", IDLE),
+    (IDLE, "request started", BUSY),
+    (BUSY, "request done", IDLE),
+    (BUSY, "pdb holds it", DEBUGGING),
+    (DEBUGGING, "pdb lets go", BUSY),
+    *((state, "exited", FREE) for state in (BOOTING, IDLE, BUSY, DEBUGGING)),
+)
+TRANSITIONS = MappingProxyType({(state, event): after for state, event, after in MOVES})
 
 
 def next_state(state, event):

@@ -208,6 +208,12 @@ class Scoreboard:
         target, floor, ceiling, ups, downs = _CAPACITY.unpack_from(self.mm, self._block_at(block) + _CAPACITY_AT)
         return {"target": target, "floor": floor, "ceiling": ceiling, "up": ups, "down": downs}
 
+    def waiting_requests(self, block):
+        """Complete requests the block's workers hold, waiting for their app slots (demand, like the listen queue)."""
+        at = CONNECTION_STATES.index("waiting")
+        return sum(_CONNECTIONS.unpack_from(self.mm, self.slot_offset(block, slot) + _CONNECTIONS_AT)[at]
+                   for slot in range(self.slots))
+
     def set_memory(self, block, slot, rss, uss):
         _MEMORY.pack_into(self.mm, self.slot_offset(block, slot) + _MEMORY_AT, rss, uss)
 

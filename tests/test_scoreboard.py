@@ -134,3 +134,16 @@ def test_counters_add_and_render():
     rendered = total.as_dict()
     assert rendered["responses"]["2xx"] == 2 and rendered["duration_buckets"]["+Inf"] == 2
     assert list(rendered["duration_buckets"]) == [*map(str, BUCKETS), "+Inf"]
+
+
+def test_complete_requests_held_by_workers_count_as_waiting(tmp_path):
+    from django_prefork.scoreboard import Scoreboard
+
+    board = Scoreboard.create(str(tmp_path), 4)
+    block = board.claim_block(1)
+    for slot, waiting in ((0, 2), (1, 0), (2, 3)):
+        board.assign(block, slot, slot + 1)
+        writer = board.writer(block, slot, lambda: None)
+        writer.set_connections({"reading": 5, "waiting": waiting, "writing": 1, "idle": 7, "lingering": 0})
+    # Heads still arriving (reading) and idle keep-alive connections are no demand for a worker.
+    assert board.waiting_requests(block) == 5
