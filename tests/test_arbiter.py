@@ -174,3 +174,33 @@ def test_a_worker_exits_when_its_arbiter_dies(serve):
     os.kill(arbiter, signal.SIGKILL)
     # With a 60 s timeout the getppid() check would take 30 s: PR_SET_PDEATHSIG is faster.
     wait_until(lambda: not any(alive(p) for p in workers), timeout=5, message="orphaned workers to exit")
+
+
+# -- unit: what the arbiter decides without forking ---------------------------------------------
+
+def test_the_generation_spec_crosses_exec_through_the_environment():
+    from django_prefork.arbiter import GenerationSpec
+
+    spec = GenerationSpec(number=3, ready_fd=7, listen_fds=[3, 4], worker_count=2, scoreboard_fd=9, block=1)
+    environ = spec.to_environ({"PATH": "/bin"})
+    assert environ["PATH"] == "/bin"
+    assert GenerationSpec.pop_from_environ(environ) == spec
+    assert GenerationSpec.ENV not in environ  # taken out: the workers never see it
+    assert GenerationSpec.pop_from_environ(environ) is None
+
+
+@pytest.mark.parametrize("aborted, recycling, retiring, stopping, code, reason", [
+    (True, None, False, False, -9, "timeout"),
+    (False, "memory", True, False, 0, "memory"),
+    (False, None, True, False, -15, None),  # retired by scaling or a reload
+    (False, None, False, True, 0, None),  # the server stops
+    (False, None, False, False, 0, "max_requests"),
+    (False, None, False, False, 1, "crash"),
+])
+def test_restart_reason_reads_the_worker_record(aborted, recycling, retiring, stopping, code, reason):
+    from django_prefork.arbiter import WorkerProcess, restart_reason
+
+    w = WorkerProcess(4242, 1, beat=None, slot=None)
+    w.aborted_at = 1.0 if aborted else None
+    w.recycling, w.retiring = recycling, retiring
+    assert restart_reason(w, code, stopping) == reason

@@ -216,3 +216,25 @@ def test_a_reload_during_a_pdb_session_restores_the_masters_settings_not_pdbs(pt
     wait_until(lambda: server.lflag() & ECHOING == ECHOING, message="echo and icanon back on")
     second["thread"].join(15)
     assert server.get()[0] == 200
+
+
+# -- unit: the debugger's flag and pauses, no server --------------------------------------------
+
+def test_a_pause_is_given_back_only_after_the_request_started(monkeypatch):
+    from django_prefork import debugger
+
+    monkeypatch.setattr(debugger, "released_at", 100.0)
+    assert debugger.paused_since(90.0) == 10.0  # pdb let go 10 s into the request: the watchdog counts from then
+    assert debugger.paused_since(120.0) == 0.0  # a pause before the request is none of its business
+    assert not debugger.held()
+
+
+def test_install_wraps_pdb_once():
+    import pdb
+
+    from django_prefork import debugger
+
+    debugger.install()
+    wrapped = pdb.Pdb.interaction
+    debugger.install()
+    assert pdb.Pdb.interaction is wrapped and wrapped.prefork_wrapped

@@ -286,3 +286,27 @@ def test_usr1_reopens_log_files(serve, tmp_path):
     server.get("/pid?second")
     wait_until(lambda: "second" in log.read_text(), message="a line in the new log file")
     assert "second" not in (tmp_path / "access.log.1").read_text()
+
+
+# -- unit: the master's view of a generation, no server ----------------------------------------
+
+def test_a_generation_is_ready_once_its_arbiter_writes_r():
+    from django_prefork.master import BOOTING, Generation
+
+    read_end, write_end = os.pipe()
+    generation = Generation(2, 4242, read_end, 2, None)
+    try:
+        assert generation.state == BOOTING and generation.is_reload
+        assert not generation.said_ready()  # nothing written yet: never blocks
+        os.write(write_end, b"R")
+        assert generation.said_ready()
+        assert generation.ready_fd is None  # the pipe is closed once it said so
+        assert not generation.said_ready()
+    finally:
+        os.close(write_end)
+
+
+def test_generation_one_is_no_reload():
+    from django_prefork.master import Generation
+
+    assert not Generation(1, 4242, None, 2, None).is_reload
