@@ -81,14 +81,6 @@ def _optional(valid):
     return optional
 
 
-def _only_one_thread(value):
-    return value == 1 and _int(1)(value)
-
-
-# Threads per worker are the coming reactor's; until then the check says so.
-_only_one_thread.wants = "1 (only 1 is supported in this release; more threads per worker are coming)"
-_only_one_thread.parse, _only_one_thread.option = int, int
-
 BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True,
                  "false": False, "no": False, "off": False, "0": False}
 
@@ -231,8 +223,8 @@ SETTINGS = (
             "Ceiling the arbiter scales workers up to (default: PREFORK_WORKERS, no scaling)."),
     Setting("PREFORK_MAX_WORKER_MEMORY", "prefork.E021", 0, _int(0),
             "MiB of a worker's own memory (USS) past which it is recycled; 0 = never."),
-    Setting("PREFORK_THREADS", "prefork.E022", 1, _only_one_thread,
-            "Threads per worker running requests (only 1 in this release).", ("--threads",)),
+    Setting("PREFORK_THREADS", "prefork.E022", 1, _int(1),
+            "Threads per worker running complete requests; 1 = the sync worker.", ("--threads",)),
     Setting("PREFORK_KEEPALIVE", "prefork.E023", 75, _seconds(0, zero="close after each response"),
             "Seconds an idle persistent connection is kept; longer than the balancer's idle timeout."),
     Setting("PREFORK_MAX_CONNECTIONS", "prefork.E024", 1000, _int(1),

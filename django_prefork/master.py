@@ -117,7 +117,7 @@ class Master(Supervisor):
         self.generations = []  # oldest first
         self.last_number = 0
         slots = max(64, 4 * max(config.workers, getattr(config, "max_workers", 0) or 0))
-        self.scoreboard = Scoreboard.create(config.worker_tmp_dir, slots)
+        self.scoreboard = Scoreboard.create(config.worker_tmp_dir, slots, config.threads)
         self.lifetime = snapshot.Lifetime(self.scoreboard)
         self.status = StatusChannel(self.render_status)
         self.project = None  # set by the command: which project this server serves, for preforkstatus

@@ -41,6 +41,8 @@ def document(snapshot):
         "scaling": dict(snapshot.scaling),
         "workers": len(snapshot.workers),
         "busy": snapshot.busy,
+        "busy_workers": snapshot.busy_workers,
+        "threads": len(snapshot.workers) * snapshot.threads_per_worker,
         "connections": snapshot.connections,
         "listeners": listeners,
         "reloads": dict(snapshot.reloads),
@@ -72,7 +74,12 @@ class _Collector:
 
         snap = self.snapshot
         yield GaugeMetricFamily("prefork_workers", "Worker processes alive (every generation).", value=len(snap.workers))
-        yield GaugeMetricFamily("prefork_workers_busy", "Workers serving a request now.", value=snap.busy)
+        yield GaugeMetricFamily("prefork_workers_busy", "Workers serving a request now (in any of their threads).",
+                                value=snap.busy_workers)
+        yield GaugeMetricFamily("prefork_threads", "App threads of every worker (PREFORK_THREADS each).",
+                                value=len(snap.workers) * snap.threads_per_worker)
+        yield GaugeMetricFamily("prefork_threads_busy", "App threads serving a request now: what the scaler and an "
+                                "autoscaler compare with prefork_threads.", value=snap.busy)
         held = GaugeMetricFamily("prefork_connections", "Client connections the workers hold, by state: reading a "
                                  "request, waiting for the app, writing a response, idle keep-alive, lingering.",
                                  labels=["state"])

@@ -53,6 +53,8 @@ class WorkerInfo:
     uss: Optional[int]
     generation: int
     connections: Optional[dict] = None  # held by state: reading, waiting, writing, idle, lingering
+    busy_threads: Optional[int] = None  # app threads holding a request (None: said by its state)
+    threads: Optional[list] = None  # with PREFORK_THREADS > 1: each thread's request and its age
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Snapshot:
     reloads: dict  # {"ok": n, "failed": n}
     restarts: dict  # by reason, every reason present
     totals: Counters
+    threads_per_worker: int = 1  # PREFORK_THREADS
 
     @property
     def connections(self):
@@ -88,6 +91,11 @@ class Snapshot:
 
     @property
     def busy(self):
+        """App slots holding a request: busy threads, one a worker without threads."""
+        return sum(w.busy_threads if w.busy_threads is not None else w.state in BUSY_STATES for w in self.workers)
+
+    @property
+    def busy_workers(self):
         return sum(1 for w in self.workers if w.state in BUSY_STATES)
 
 
@@ -155,4 +163,5 @@ def take(master):
         reloads=dict(lifetime.reloads),
         restarts=restarts,
         totals=totals,
+        threads_per_worker=board.threads if board is not None else 1,
     )

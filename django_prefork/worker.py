@@ -29,6 +29,7 @@ from .lifecycle import ANSWER_TIMEOUT, idle_wait
 from .signals import die_with_parent, drain, signal_wakeup_pipe
 from .sockets import queued_connections
 from .reactor import Reactor
+from .threads import AppThreads
 from .transport import ClientDisconnected
 from .wsgi import Response, WorkerContext, answer_error, log_request, serve_connection
 
@@ -75,7 +76,7 @@ class SyncWorker:
     def init_signals(self):
         # Forget the arbiter's handlers and wakeup fd; keep a wakeup pipe of our own
         # so TERM interrupts select() at once instead of after half the timeout.
-        self.wakeup_r, _ = signal_wakeup_pipe()
+        self.wakeup_r, self.wakeup_w = signal_wakeup_pipe()
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self.handle_term)
@@ -160,6 +161,8 @@ class SyncWorker:
     def serve_forever(self, app):
         """notify → accept → handle, the sync worker's loop, around an event loop that
         holds every connection until its request is complete (reactor.py)."""
+        if self.config.threads > 1:
+            return self.serve_threaded(app)
         reactor = self.reactor = Reactor(self.listeners, self.config, self.wakeup_r, self.refuse, self.end_request,
                                          self.lot)
         self.contexts = {fd: WorkerContext(app, listener, self.config, self.heartbeat, self.last_request,
@@ -185,6 +188,57 @@ class SyncWorker:
                 drain(self.wakeup_r)
             if reactor.swept != self.published_at:  # a few times a second, not every turn
                 self.publish_connections()
+
+    def serve_threaded(self, app):
+        """The same loop, the app slot N threads (threads.py): the main thread keeps the
+        event loop and hands each complete request to a free thread."""
+        reactor = self.reactor = Reactor(self.listeners, self.config, self.wakeup_r, self.refuse, self.count_refused)
+        pool = AppThreads(self, app, self.config.threads, reactor.may_queue)
+        self.contexts = pool.contexts[0]
+        reactor.limits = pool.limits
+        pool.start()
+        notify = self.heartbeat.notify
+        wait = idle_wait(self.config.timeout)
+        try:
+            while True:
+                notify()
+                self.count_answered(pool)
+                pool.watch(time.monotonic(), self.config.timeout)
+                if self.leaving() and not reactor.stopping:
+                    reactor.stop(self.queued_at_stop())
+                while pool.free and (conn := reactor.next_request()) is not None:
+                    pool.dispatch(conn)
+                reactor.room = pool.free > 0  # with every thread busy, the listen queue keeps new clients
+                if reactor.stopping and reactor.drained() and pool.idle():
+                    return
+                if pool.stuck_since and time.monotonic() - pool.stuck_since > self.config.graceful_timeout:
+                    log.warning("worker %d (pid %d): a timed-out thread is still stuck; exiting",
+                                self.number, os.getpid())
+                    return
+                if os.getppid() != self.ppid:
+                    log.warning("worker %d (pid %d): the arbiter is gone; exiting", self.number, os.getpid())
+                    return
+                if reactor.wait(wait):
+                    drain(self.wakeup_r)
+                if reactor.swept != self.published_at:
+                    self.publish_connections()
+        finally:
+            pool.stop()
+
+    def count_refused(self, status, sent):
+        """A request the loop answered itself: counted, and no thread's record touched."""
+        if status and self.slot is not None:
+            self.slot.count(status, sent, 0.0)
+
+    def count_answered(self, pool):
+        for thread, conn, status, sent, seconds in pool.collect():
+            if thread not in pool.timed_out and status and self.slot is not None:
+                self.slot.count(status, sent, seconds)
+            self.served += 1
+            self.reactor.answered(conn)
+            if self.max_requests and self.served >= self.max_requests and not self.recycle:
+                log.info("worker %d (pid %d) served %d requests; recycling", self.number, os.getpid(), self.served)
+                self.recycle = True
 
     def handle(self, conn):
         """The app slot: one complete request, its response handed back to the event loop."""

@@ -75,7 +75,7 @@ def test_every_setting_has_its_own_check_id():
         ("PREFORK_METRICS", "unix:relative.sock", "prefork.E019"),
         ("PREFORK_MAX_WORKERS", 0, "prefork.E020"),
         ("PREFORK_MAX_WORKER_MEMORY", -1, "prefork.E021"),
-        ("PREFORK_THREADS", 2, "prefork.E022"),
+        ("PREFORK_THREADS", 2.5, "prefork.E022"),
         ("PREFORK_THREADS", 0, "prefork.E022"),
         ("PREFORK_KEEPALIVE", -1, "prefork.E023"),
         ("PREFORK_KEEPALIVE", "75", "prefork.E023"),
@@ -119,10 +119,9 @@ def test_checks_run_through_manage_py_check():
         call_command("check")
 
 
-def test_threads_above_one_are_refused_with_a_clear_hint():
-    with override_settings(PREFORK_THREADS=4):
-        (error,) = check_settings()
-    assert "only 1 is supported in this release" in error.msg
+def test_threads_per_worker_are_any_count_from_one():
+    with override_settings(PREFORK_THREADS=8):
+        assert not check_settings() and conf.Config.load().threads == 8
 
 
 def test_none_in_settings_is_kept_where_it_means_something():

@@ -40,6 +40,7 @@ def test_the_document_is_json_with_every_key_preforkstatus_reads():
     assert doc["server"] == "django-prefork"
     assert doc["master"] == {"pid": 4242, "name": "testproject", "uptime": 3725.0}
     assert (doc["healthy"], doc["generation"], doc["workers"], doc["busy"]) == (True, 2, 2, 1)
+    assert (doc["busy_workers"], doc["threads"]) == (1, 2)
     assert doc["generations"] == [{"number": 2, "state": "serving", "pid": 4300, "workers": 2}]
     assert doc["worker_target"] == 2 and doc["worker_bounds"] is None
     assert doc["totals"]["requests"] == 8
@@ -49,7 +50,7 @@ def test_the_document_is_json_with_every_key_preforkstatus_reads():
     busy = doc["worker_list"][1]
     assert busy == {"slot": 1, "number": 2, "pid": 4302, "state": "busy", "age": 12.0, "request": "GET /slow?x=1",
                     "request_age": 2.5, "requests": 3, "rss": None, "uss": None, "generation": 2,
-                    "connections": None}
+                    "connections": None, "busy_threads": None, "threads": None}
 
 
 def test_a_listen_queue_the_kernel_cannot_count_is_absent_not_zero():

@@ -162,14 +162,16 @@ class Command(StaticfilesRunserver):
         else:
             host = f"[{self.addr}]" if self._raw_ipv6 else ("0.0.0.0" if self.addr == "0" else self.addr)
             where = f"{self.protocol}://{host}:{server_port}/"
-        n = self.config.workers
+        n, threads = self.config.workers, self.config.threads
         workers = f"{n} sync worker{'s' if n != 1 else ''}"
+        workers += ", 1 thread each" if threads == 1 else f" × {threads} threads"
+        n *= threads
         quit_command = "CONTROL-C"
         self.stdout.write(
             f"{datetime.now().strftime('%B %d, %Y - %X')}\n"
             f"Django version {self.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
             f"Starting prefork server at {where}\n"
-            f"Master pid {os.getpid()}: {workers}, 1 thread each, slow clients held by an event loop; "
+            f"Master pid {os.getpid()}: {workers}, slow clients held by an event loop; "
             f"at most {n} request{'s' if n != 1 else ''} at once, the rest queue (backlog {self.config.backlog})\n"
             f"Generation 1; reload with kill -HUP {os.getpid()}"
             f"{' or by saving a file (autoreload on)' if self.config.reload else ''}\n"
