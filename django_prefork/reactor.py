@@ -103,7 +103,9 @@ QUEUE_LIMIT = 16 * 1024 * 1024  # bytes of unsent responses a worker holds in me
 SPOOL_LIMIT = 1024 * 1024 * 1024  # bytes of unsent responses a worker spools to files; past it the app waits
 
 _IN, _OUT = select.EPOLLIN | select.EPOLLRDHUP, select.EPOLLOUT
-_WATCH = {READING: _IN, WAITING: _IN, IDLE: _IN, LINGERING: _IN, WRITING: _OUT}
+# What epoll watches in each state. WAITING: nothing new (its request is whole; one that came
+# whole with its connection is never registered at all: the common request costs no epoll_ctl).
+_WATCH = {READING: _IN, WAITING: None, IDLE: _IN, LINGERING: _IN, WRITING: _OUT}
 
 
 def raise_fd_limit():
@@ -423,8 +425,9 @@ class Reactor:
             self._after_response(conn)
 
     def _after_response(self, conn):
-        self._count_queued(0, -conn.spooled)
-        conn.spooled = 0
+        if conn.spooled:
+            self._count_queued(0, -conn.spooled)
+            conn.spooled = 0
         if not conn.keep_alive or self.stopping:
             return self._close(conn, linger=conn.unread_input())
         conn.served += 1
@@ -456,7 +459,8 @@ class Reactor:
         if self.conns.pop(conn.fd, None) is None:
             return
         self._hold_head(conn, 0)
-        self._count_queued(-conn.out_bytes if conn.state == WRITING else 0, -conn.spooled)
+        if conn.spooled or (conn.state == WRITING and conn.out_bytes):
+            self._count_queued(-conn.out_bytes if conn.state == WRITING else 0, -conn.spooled)
         self.watched.pop(conn.fd, None)  # close() takes it out of the epoll set
         reader = conn.reader
         if reader is not None and reader.request.buffer is not None:
@@ -469,7 +473,7 @@ class Reactor:
 
     def _watch(self, conn, events):
         now = self.watched.get(conn.fd)
-        if now == events:
+        if now == events or events is None:
             return
         if now is None:
             self.epoll.register(conn.fd, events)
