@@ -109,19 +109,31 @@ class SyncWorker:
         what = self.heartbeat.describe_timeout(time.monotonic(), self.config.timeout)
         log.error("worker %d %s; the request's stack:\n%s", os.getpid(), what, stack)
         _flush_std_streams()
+        status = sent = 0
         try:
-            self.answer_timed_out()
+            status, sent = self.answer_timed_out()
         except Exception:
             log.exception("worker %d could not answer the timed-out request", os.getpid())
+        # Counted like any other request (requests_total, the duration histogram) before the
+        # exit: the arbiter folds a dead worker's slot into its generation's figures.
+        self.end_request(status, sent)
         _flush_std_streams()
         os._exit(1)
 
     def answer_timed_out(self):
-        """500 to the client of the request in hand, if no response head went out yet."""
+        """500 to the client of the request in hand, if no response head went out yet.
+
+        Returns (status, body bytes sent) of what the client got, for the
+        counters; (0, 0) when the worker held no request.
+        """
         current = self.heartbeat.current_request()
         response = self.context_of_request.response if self.context_of_request is not None else None
-        if current is None or response is None or response.head_sent or response.conn.sock.fileno() == -1:
-            return  # idle, or the client already has a status: closing tells it the rest
+        if current is None:
+            return 0, 0  # idle: there is no request to count
+        if response is None or response.conn.sock.fileno() == -1:
+            return 500, 0  # its connection is gone: the request failed all the same
+        if response.head_sent:
+            return response.status_code, response.body_sent  # closing tells the client the rest
         conn = response.conn
         conn.drop_output()
         age = time.monotonic() - current[1]
@@ -133,10 +145,11 @@ class SyncWorker:
         try:
             answer.write(body)
         except ClientDisconnected:
-            return
+            return 500, 0
         if self.config.access_log:
             log_request(current[0], 500, len(body))
         conn.linger()  # let the client read it before the close
+        return 500, len(body)
 
     def boot(self):
         self.heartbeat.notify()

@@ -82,6 +82,24 @@ def test_a_timed_out_request_whose_head_went_out_is_cut_short(serve):
     assert server.get()[0] == 200
 
 
+def test_a_timed_out_request_is_counted_in_the_requests_and_their_durations(serve):
+    # The 500 a timeout answers is the one a user saw: leave it out of
+    # prefork_requests_total and the histogram, and the error rate lies.
+    from django_prefork.management.commands.preforkstatus import fetch_status
+
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 2})
+    (victim,) = server.wait_workers(1)
+    assert server.get("/slow?s=30", timeout=20)[0] == 500
+    wait_until(lambda: not alive(victim), message="the timed-out worker to exit")
+    totals = wait_until(lambda: (t := fetch_status(server.pid)["totals"])["requests"] and t,
+                        message="the timed-out request in the totals")
+    assert totals["requests"] == 1
+    assert totals["responses"]["5xx"] == 1
+    assert sum(totals["duration_buckets"].values()) == 1
+    assert totals["duration_sum"] >= 2  # it ran for the whole timeout
+    assert totals["bytes_out"] > 0
+
+
 def test_broken_app_exits_1_once_without_fork_loop(serve):
     server = serve(settings={"WSGI_APPLICATION": "tests.fixtureapp.broken_wsgi.application"}, wait=False)
     server.wait_exit(1)
