@@ -20,13 +20,12 @@ import gc
 import logging
 import os
 import signal
-import sys
 import time
 import traceback
 
 from . import debugger, heartbeat
 from .lifecycle import ANSWER_TIMEOUT, idle_wait
-from .signals import die_with_parent, drain, signal_wakeup_pipe
+from .signals import die_with_parent, drain, flush_std_streams, signal_wakeup_pipe
 from .sockets import queued_connections
 from .reactor import Reactor
 from .transport import ClientDisconnected
@@ -69,7 +68,7 @@ class SyncWorker:
             log.exception("worker %d (pid %d) crashed", self.number, os.getpid())
             code = 1
         finally:
-            _flush_std_streams()
+            flush_std_streams()
             os._exit(code)
 
     def init_signals(self):
@@ -93,7 +92,7 @@ class SyncWorker:
         self.recycle = True  # unlike TERM, leave the queued connections to the successor
 
     def handle_quit(self, signum, frame):
-        _flush_std_streams()
+        flush_std_streams()
         os._exit(0)
 
     def handle_usr1(self, signum, frame):
@@ -108,7 +107,7 @@ class SyncWorker:
         stack = "".join(traceback.format_stack(frame))
         what = self.heartbeat.describe_timeout(time.monotonic(), self.config.timeout)
         log.error("worker %d %s; the request's stack:\n%s", os.getpid(), what, stack)
-        _flush_std_streams()
+        flush_std_streams()
         status = sent = 0
         try:
             status, sent = self.answer_timed_out()
@@ -117,7 +116,7 @@ class SyncWorker:
         # Counted like any other request (requests_total, the duration histogram) before the
         # exit: the arbiter folds a dead worker's slot into its generation's figures.
         self.end_request(status, sent)
-        _flush_std_streams()
+        flush_std_streams()
         os._exit(1)
 
     def answer_timed_out(self):
@@ -250,12 +249,4 @@ class SyncWorker:
         self.published_at = self.reactor.swept
         if self.slot is not None:
             self.slot.set_connections(self.reactor.counts())
-
-
-def _flush_std_streams():
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
 

@@ -15,7 +15,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from .helpers import EXIT_WAIT, REPO, Server
+from .helpers import EXIT_WAIT, REPO, Server, wait_until
 
 
 def test_no_fork_is_a_command_error(monkeypatch):
@@ -125,6 +125,23 @@ def test_banner_says_what_runs(serve):
         "at most 3 requests at once, the rest queue (backlog 64)"
     ) in out
     assert "Quit the server with CONTROL-C." in out
+
+
+def test_the_banner_is_printed_once_however_often_processes_fork(serve, tmp_path):
+    """stdout a pipe, as under systemd: the banner waits in its buffer, and a
+    fork copies the buffer into every child, which would print it again on exit."""
+    sock = tmp_path / "app.sock"
+    server = serve(addr=f"unix:{sock}", wait=False, env={"PYTHONUNBUFFERED": ""},  # "" is unset to Python
+                   settings={"PREFORK_WORKERS": 1, "PREFORK_MAX_REQUESTS": 1})
+    server.pid, server.url = server.proc.pid, f"unix:{sock}"
+    (first,) = server.wait_workers(1, timeout=30)
+    assert server.get("/pid")[0] == 200  # its last request: a worker recycled, a new one forked
+    wait_until(lambda: first not in server.worker_pids() and len(server.worker_pids()) == 1,
+               message="the recycled worker's successor")
+    os.kill(server.pid, signal.SIGHUP)  # a generation started, generation 1's workers exit
+    server.wait_for(r"generation 2 \(pid \d+\) serving", timeout=30)
+    assert server.stop() == 0
+    assert server.output.count("Starting prefork server at") == 1, server.output
 
 
 def test_worker_count_from_setting_and_option(serve):
