@@ -23,13 +23,12 @@ from dataclasses import dataclass
 
 from django.conf import settings as django_settings
 
+from .cpus import default_workers
+
 
 def usable_cpus():
-    """CPUs this process may run on (its affinity mask), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # macOS has no sched_getaffinity
-        return os.cpu_count() or 1
+    """CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota (cpus.py)."""
+    return default_workers().count
 
 
 def default_tmp_dir():
@@ -195,7 +194,9 @@ class Setting:
 
 PREFIX = "PREFORK_"
 SETTINGS = (
-    Setting("PREFORK_WORKERS", "prefork.E001", usable_cpus, _int(1), "Worker processes.", ("-w", "--workers")),
+    Setting("PREFORK_WORKERS", "prefork.E001", usable_cpus, _int(1),
+            "Worker processes (default: the CPUs it may use, capped by the cgroup's CPU quota).",
+            ("-w", "--workers")),
     Setting("PREFORK_TIMEOUT", "prefork.E002", 30, _seconds(0, zero="never"),
             "Seconds a request may run (a worker stay silent) before it is killed; 0 = never.", ("--timeout",)),
     Setting("PREFORK_GRACEFUL_TIMEOUT", "prefork.E003", 30, _seconds(0, zero="never"),
