@@ -12,8 +12,13 @@ import sys
 import textwrap
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import override_settings
+
+from django_prefork import cpus
+from django_prefork.management.commands import runprefork
 
 from .helpers import EXIT_WAIT, REPO, Server, wait_until
 
@@ -72,6 +77,7 @@ def test_socket_activation_serves_on_an_fd_it_did_not_bind(tmp_path, family):
             assert line, banner
             banner += line
         assert f"Starting prefork server at {where}" in banner
+        assert "(backlog 16)" in banner  # the inherited socket's own, not PREFORK_BACKLOG's 2048
         with socket.socket(family_) as sock:
             sock.settimeout(10)
             sock.connect(address)
@@ -125,6 +131,31 @@ def test_banner_says_what_runs(serve):
         "at most 3 requests at once, the rest queue (backlog 64)"
     ) in out
     assert "Quit the server with CONTROL-C." in out
+
+
+def test_the_banner_gives_the_range_scaling_moves_in(serve):
+    server = serve(settings={"PREFORK_WORKERS": 2, "PREFORK_MAX_WORKERS": 4})
+    assert "2 sync workers, 1 thread each" in server.output
+    assert "at most 2 to 4 requests at once, the rest queue" in server.output
+
+
+# (the count's source, the CPUs found, what the banner says, why)
+WORKERS_SAID = [
+    ({"PREFORK_WORKERS": 3}, None, "3 sync workers", "a count the user chose needs no explanation"),
+    ({}, cpus.Cpus(2, 8, 1.5), "2 sync workers (the CPU quota: 1.5 CPUs)",
+     "the default, capped by the quota: say so, or 2 workers on 8 CPUs looks like a bug"),
+    ({}, cpus.Cpus(8, 8), "8 sync workers (the CPUs it may use)", "the default without a quota"),
+]
+
+
+@pytest.mark.parametrize("overrides, found, said, why", WORKERS_SAID, ids=[row[-1] for row in WORKERS_SAID])
+def test_the_banner_says_where_the_worker_count_came_from(monkeypatch, overrides, found, said, why):
+    monkeypatch.setattr(cpus, "default_workers", lambda: found)
+    monkeypatch.delenv("PREFORK_WORKERS", raising=False)
+    with override_settings():
+        del settings.PREFORK_WORKERS  # the fixture's settings set it; the default is the case here
+        count = overrides.get("PREFORK_WORKERS") or found.count
+        assert runprefork.workers_said(count, overrides) == said, why
 
 
 def test_the_banner_is_printed_once_however_often_processes_fork(serve, tmp_path):
