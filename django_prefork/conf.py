@@ -225,7 +225,7 @@ SETTINGS = (
             "Bytes/s a request body must average once its first client timeout is spent; 0 = no minimum."),
     Setting("PREFORK_UNIX_SOCKET_MODE", "prefork.E017", 0o666, _socket_mode, "Mode of a unix socket it binds."),
     Setting("PREFORK_FORWARDED_ALLOW_IPS", "prefork.E018", ("127.0.0.1", "::1"), _peer_addresses,
-            "Peers whose X-Forwarded-Proto is trusted."),
+            "Peers whose X-Forwarded-Proto (-Ssl, -Protocol) is trusted."),
     Setting("PREFORK_METRICS", "prefork.E019", None, _metrics_address,
             "Where the master serves /metrics, /healthz and /status."),
     Setting("PREFORK_MAX_WORKERS", "prefork.E020", None, _optional(_int(1)),
