@@ -20,6 +20,7 @@ import gc
 import logging
 import os
 import signal
+import tempfile
 import time
 import traceback
 
@@ -116,6 +117,7 @@ class SyncWorker:
         # Counted like any other request (requests_total, the duration histogram) before the
         # exit: the arbiter folds a dead worker's slot into its generation's figures.
         self.end_request(status, sent)
+        remove_upload_files()
         flush_std_streams()
         os._exit(1)
 
@@ -250,3 +252,30 @@ class SyncWorker:
         if self.slot is not None:
             self.slot.set_connections(self.reactor.counts())
 
+
+
+def remove_upload_files():
+    """Unlink the upload files Django named for the request in hand; the worker is about to os._exit.
+
+    Django spools an upload past FILE_UPLOAD_MAX_MEMORY_SIZE to a named file
+    ("tmpXXXX.upload.ext" in FILE_UPLOAD_TEMP_DIR) and deletes it when the
+    file is closed, which a timed-out worker never does: its files would pile
+    up in /tmp. One request at a time runs here, so a file of that name this
+    process holds open is that request's. /proc/self/fd lists them (Linux);
+    elsewhere nothing is removed.
+    """
+    from django.conf import settings
+
+    directory = os.path.realpath(getattr(settings, "FILE_UPLOAD_TEMP_DIR", None) or tempfile.gettempdir())
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if os.path.dirname(path) == directory and ".upload" in os.path.basename(path):
+                os.unlink(path)
+                log.info("worker %d removed the timed-out request's upload file %s", os.getpid(), path)
+        except OSError:
+            continue  # closed meanwhile, or unlinked already (readlink then ends in " (deleted)")
