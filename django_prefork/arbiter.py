@@ -35,7 +35,7 @@ from .lifecycle import BOOT_RETRY_WAIT, KILL_AFTER_ABORT, STARVED_AFTER
 from .capacity import LOOK_EVERY, Scaler, mem_available
 from .memory import read_memory
 from .scoreboard import Scoreboard
-from .signals import close_wakeup_pipe, die_with_parent
+from .signals import close_wakeup_pipe, die_with_parent, flush_std_streams
 from .sockets import Listener, waiting_connections
 from .supervisor import HaltServer, Supervisor, kill_quietly
 from .terminal import Terminal
@@ -266,6 +266,8 @@ class Arbiter(Supervisor):
     def prepare_to_fork(self):
         # A connection opened by the arbiter (checks, migrations, preload) must
         # not be shared by the children: they would interleave on one socket.
+        # Nor may a buffered line: each child would print it again.
+        flush_std_streams()
         from django.db import connections
 
         for conn in connections.all(initialized_only=True):

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 
 from django.conf import settings as django_settings
 
+from .cpus import default_workers
+
 
 def usable_cpus():
-    """CPUs this process may run on (its affinity mask), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # macOS has no sched_getaffinity
-        return os.cpu_count() or 1
+    """CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota (cpus.py)."""
+    return default_workers().count
 
 
 def default_tmp_dir():
@@ -187,7 +186,9 @@ class Setting:
 
 PREFIX = "PREFORK_"
 SETTINGS = (
-    Setting("PREFORK_WORKERS", "prefork.E001", usable_cpus, _int(1), "Worker processes.", ("-w", "--workers")),
+    Setting("PREFORK_WORKERS", "prefork.E001", usable_cpus, _int(1),
+            "Worker processes (default: the CPUs it may use, capped by the cgroup's CPU quota).",
+            ("-w", "--workers")),
     Setting("PREFORK_TIMEOUT", "prefork.E002", 30, _seconds(0, zero="never"),
             "Seconds a request may run (a worker stay silent) before it is killed; 0 = never.", ("--timeout",)),
     Setting("PREFORK_GRACEFUL_TIMEOUT", "prefork.E003", 30, _seconds(0, zero="never"),
@@ -216,7 +217,7 @@ SETTINGS = (
             "Bytes/s a request body must average once its first client timeout is spent; 0 = no minimum."),
     Setting("PREFORK_UNIX_SOCKET_MODE", "prefork.E017", 0o666, _socket_mode, "Mode of a unix socket it binds."),
     Setting("PREFORK_FORWARDED_ALLOW_IPS", "prefork.E018", ("127.0.0.1", "::1"), _peer_addresses,
-            "Peers whose X-Forwarded-Proto is trusted."),
+            "Peers whose X-Forwarded-Proto (-Ssl, -Protocol) is trusted."),
     Setting("PREFORK_METRICS", "prefork.E019", None, _metrics_address,
             "Where the master serves /metrics, /healthz and /status."),
     Setting("PREFORK_MAX_WORKERS", "prefork.E020", None, _optional(_int(1)),

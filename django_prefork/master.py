@@ -40,7 +40,7 @@ from . import lifecycle, notify, snapshot
 from .arbiter import GenerationSpec, run_generation
 from .metrics import document, exposition, prometheus_available
 from .scoreboard import Scoreboard
-from .signals import close_wakeup_pipe
+from .signals import close_wakeup_pipe, flush_std_streams
 from .status import StatusChannel
 from .supervisor import HALT_STATUS, HaltServer, Supervisor, kill_quietly
 from .terminal import Terminal
@@ -261,6 +261,7 @@ class Master(Supervisor):
             # generation's collections then leave these pages unwritten.
             gc.freeze()
         spec, ready_r = self.next_spec()
+        flush_std_streams()  # the banner is still buffered when stdout is a pipe: print it once, here
         pid = os.fork()
         if pid == 0:
             status = HALT_STATUS

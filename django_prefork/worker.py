@@ -20,13 +20,13 @@ import gc
 import logging
 import os
 import signal
-import sys
+import tempfile
 import time
 import traceback
 
 from . import debugger, heartbeat
 from .lifecycle import ANSWER_TIMEOUT, idle_wait
-from .signals import die_with_parent, drain, signal_wakeup_pipe
+from .signals import die_with_parent, drain, flush_std_streams, signal_wakeup_pipe
 from .sockets import queued_connections
 from .reactor import Reactor
 from .threads import AppThreads
@@ -70,7 +70,7 @@ class SyncWorker:
             log.exception("worker %d (pid %d) crashed", self.number, os.getpid())
             code = 1
         finally:
-            _flush_std_streams()
+            flush_std_streams()
             os._exit(code)
 
     def init_signals(self):
@@ -94,7 +94,7 @@ class SyncWorker:
         self.recycle = True  # unlike TERM, leave the queued connections to the successor
 
     def handle_quit(self, signum, frame):
-        _flush_std_streams()
+        flush_std_streams()
         os._exit(0)
 
     def handle_usr1(self, signum, frame):
@@ -109,20 +109,33 @@ class SyncWorker:
         stack = "".join(traceback.format_stack(frame))
         what = self.heartbeat.describe_timeout(time.monotonic(), self.config.timeout)
         log.error("worker %d %s; the request's stack:\n%s", os.getpid(), what, stack)
-        _flush_std_streams()
+        flush_std_streams()
+        status = sent = 0
         try:
-            self.answer_timed_out()
+            status, sent = self.answer_timed_out()
         except Exception:
             log.exception("worker %d could not answer the timed-out request", os.getpid())
-        _flush_std_streams()
+        # Counted like any other request (requests_total, the duration histogram) before the
+        # exit: the arbiter folds a dead worker's slot into its generation's figures.
+        self.end_request(status, sent)
+        remove_upload_files()
+        flush_std_streams()
         os._exit(1)
 
     def answer_timed_out(self):
-        """500 to the client of the request in hand, if no response head went out yet."""
+        """500 to the client of the request in hand, if no response head went out yet.
+
+        Returns (status, body bytes sent) of what the client got, for the
+        counters; (0, 0) when the worker held no request.
+        """
         current = self.heartbeat.current_request()
         response = self.context_of_request.response if self.context_of_request is not None else None
-        if current is None or response is None or response.head_sent or response.conn.sock.fileno() == -1:
-            return  # idle, or the client already has a status: closing tells it the rest
+        if current is None:
+            return 0, 0  # idle: there is no request to count
+        if response is None or response.conn.sock.fileno() == -1:
+            return 500, 0  # its connection is gone: the request failed all the same
+        if response.head_sent:
+            return response.status_code, response.body_sent  # closing tells the client the rest
         conn = response.conn
         conn.drop_output()
         age = time.monotonic() - current[1]
@@ -134,10 +147,11 @@ class SyncWorker:
         try:
             answer.write(body)
         except ClientDisconnected:
-            return
+            return 500, 0
         if self.config.access_log:
             log_request(current[0], 500, len(body))
         conn.linger()  # let the client read it before the close
+        return 500, len(body)
 
     def boot(self):
         self.heartbeat.notify()
@@ -293,10 +307,29 @@ class SyncWorker:
             self.slot.set_connections(self.reactor.counts())
 
 
-def _flush_std_streams():
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
 
+def remove_upload_files():
+    """Unlink the upload files Django named for the request in hand; the worker is about to os._exit.
+
+    Django spools an upload past FILE_UPLOAD_MAX_MEMORY_SIZE to a named file
+    ("tmpXXXX.upload.ext" in FILE_UPLOAD_TEMP_DIR) and deletes it when the
+    file is closed, which a timed-out worker never does: its files would pile
+    up in /tmp. One request at a time runs here, so a file of that name this
+    process holds open is that request's. /proc/self/fd lists them (Linux);
+    elsewhere nothing is removed.
+    """
+    from django.conf import settings
+
+    directory = os.path.realpath(getattr(settings, "FILE_UPLOAD_TEMP_DIR", None) or tempfile.gettempdir())
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if os.path.dirname(path) == directory and ".upload" in os.path.basename(path):
+                os.unlink(path)
+                log.info("worker %d removed the timed-out request's upload file %s", os.getpid(), path)
+        except OSError:
+            continue  # closed meanwhile, or unlinked already (readlink then ends in " (deleted)")

@@ -43,6 +43,11 @@ _PLAIN, _HOP_BY_HOP, _CONTENT_LENGTH, _DATE = "plain", "hop-by-hop", "content-le
 _END_CLOSE, _END_KEEP_11, _END_KEEP_10 = "Connection: close\r\n\r\n", "\r\n", "Connection: keep-alive\r\n\r\n"
 
 
+# What a proxy says to mean "the client spoke https": gunicorn's secure_scheme_headers.
+FORWARDED_HTTPS = (("HTTP_X_FORWARDED_PROTO", "https"), ("HTTP_X_FORWARDED_SSL", "on"),
+                   ("HTTP_X_FORWARDED_PROTOCOL", "ssl"))
+
+
 class InvalidHeader(ValueError):
     """The app gave a header that would split or corrupt the response."""
 
@@ -87,8 +92,10 @@ class WorkerContext:
         self.unix = listener.sock.family == socket.AF_UNIX
         # A unix socket's peer is the proxy on this machine: trusted, as gunicorn does.
         self.trusts_forwarded = (lambda host: True) if self.unix else forwarded_trust(config.forwarded_allow_ips)
+        # SCRIPT_NAME in the server's environment mounts the app under that prefix, as gunicorn does.
+        self.script_name = os.environ.get("SCRIPT_NAME", "").rstrip("/")
         self.base_environ = {
-            "SCRIPT_NAME": "",
+            "SCRIPT_NAME": self.script_name,
             "SERVER_NAME": listener.host,
             "SERVER_PORT": listener.port,
             "SERVER_SOFTWARE": SERVER_SOFTWARE,
@@ -163,11 +170,42 @@ def serve_connection(conn, context):
     return response.status_code, response.body_sent
 
 
+def _below_mount(path_info, script_name):
+    """PATH_INFO without the SCRIPT_NAME prefix; outside it, 404.
+
+    The prefix matches whole segments: under /sub, /sub and /sub/x are the
+    app's, /subway is not. gunicorn answers a path outside the prefix 500
+    ("Configuration problem"); nothing is mounted there, so here it is a
+    404 the app never sees, and a scanner's probes are no server errors.
+    """
+    if path_info == script_name or path_info.startswith(script_name + "/"):
+        return path_info[len(script_name):]
+    raise HTTPError(404, "Not Found")
+
+
+def _forwarded_https(environ):
+    """Do a trusted proxy's scheme headers say https? Headers that disagree are refused.
+
+    Each header's first value counts, as Django reads SECURE_PROXY_SSL_HEADER:
+    the one the proxy nearest the client set. A proxy that sets one of them
+    may pass a client's other one on unchanged; when they disagree, no one
+    can say which the proxy wrote, so the request is answered 400 (as gunicorn
+    does) rather than trusted.
+    """
+    said = {environ[key].split(",", 1)[0].strip().lower() == https
+            for key, https in FORWARDED_HTTPS if key in environ}
+    if len(said) > 1:
+        raise HTTPError(400, "Bad Request")
+    return said == {True}
+
+
 def build_environ(context, request, client):
     path, query, authority = split_target(request.method, request.target)
     environ = context.base_environ.copy()
     environ["REQUEST_METHOD"] = request.method.decode("latin-1")
     environ["PATH_INFO"] = decode_path(path)
+    if context.script_name:
+        environ["PATH_INFO"] = _below_mount(environ["PATH_INFO"], context.script_name)
     environ["QUERY_STRING"] = query.decode("latin-1")
     environ["RAW_URI"] = request.target.decode("latin-1")
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
@@ -183,11 +221,8 @@ def build_environ(context, request, client):
         if key in environ:
             value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
         environ[key] = value
-    proto = environ.get("HTTP_X_FORWARDED_PROTO")
-    if proto is not None and context.trusts_forwarded(environ["REMOTE_ADDR"]):
-        # The first value, as Django reads SECURE_PROXY_SSL_HEADER: the one the proxy nearest the client set.
-        if proto.split(",", 1)[0].strip().lower() == "https":
-            environ["wsgi.url_scheme"] = "https"
+    if context.trusts_forwarded(environ["REMOTE_ADDR"]) and _forwarded_https(environ):
+        environ["wsgi.url_scheme"] = "https"
     if authority is not None:  # RFC 9112 §3.2.2: absolute-form wins over Host
         environ["HTTP_HOST"] = authority.decode("latin-1")
     if context.unix and "HTTP_HOST" in environ:

@@ -96,7 +96,7 @@ def test_bad_values_fail_their_check_with_a_hint(name, value, check_id):
 
 @pytest.mark.parametrize(
     "name, value",
-    [("PREFORK_WORKERS", 1), ("PREFORK_TIMEOUT", 0), ("PREFORK_TIMEOUT", 2.5), ("PREFORK_CLIENT_TIMEOUT", 0.5),
+    [("PREFORK_WORKERS", 1), ("PREFORK_TIMEOUT", 0), ("PREFORK_TIMEOUT", 12.5), ("PREFORK_CLIENT_TIMEOUT", 0.5),
      ("PREFORK_PRELOAD_APP", True), ("PREFORK_WORKER_TMP_DIR", "/tmp"), ("PREFORK_THREADS", 1),
      ("PREFORK_KEEPALIVE", 0), ("PREFORK_KEEPALIVE", 620), ("PREFORK_BUFFER_BODY", None), ("PREFORK_BUFFER_BODY", 0)],
 )
@@ -150,7 +150,7 @@ def test_every_setting_has_help_and_the_options_come_from_the_table():
     [
         ("PREFORK_WORKERS", "4", 4),
         ("PREFORK_TIMEOUT", "30", 30),
-        ("PREFORK_TIMEOUT", " 2.5 ", 2.5),
+        ("PREFORK_TIMEOUT", " 12.5 ", 12.5),
         ("PREFORK_PRELOAD_APP", "yes", True),
         ("PREFORK_PRELOAD_APP", "TRUE", True),
         ("PREFORK_GC_FREEZE", "0", False),

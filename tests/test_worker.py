@@ -268,10 +268,11 @@ def test_answer_timed_out_sends_500_and_lingers(make_worker):
     conn.queue(b"stale bytes never sent")  # dropped: the 500 is the whole answer
     client.shutdown(socket.SHUT_WR)  # the client's end: the linger ends at once
     started = time.monotonic()
-    w.answer_timed_out()
+    counted = w.answer_timed_out()
     assert time.monotonic() - started < 1  # did not linger its full LINGER_SECONDS
     response, body = read_response(client)
     assert response.status_code == 500 and body.startswith(b"500 Internal Server Error: the request timed out")
+    assert counted == (500, len(body))  # what the counters get: the answer the client saw
     assert (b"connection", b"close") in [(n, v) for n, v in response.headers]
     conn.close()
     client.close()
@@ -287,14 +288,16 @@ def test_answer_timed_out_to_a_head_request_has_no_body(make_worker):
     client.close()
 
 
-@pytest.mark.parametrize("kwargs, why", [
-    ({"head_sent": True}, "the client has a status already: the close tells it the rest"),
-    ({"request": False}, "idle: no request to answer"),
-    ({"closed": True}, "a finished request's socket is closed: never written to"),
+@pytest.mark.parametrize("kwargs, counted, why", [
+    ({"head_sent": True}, (200, 0), "the client has a status already: the close tells it the rest"),
+    ({"request": False}, (0, 0), "idle: no request to answer, none to count"),
+    ({"closed": True}, (500, 0), "a finished request's socket is closed: never written to; the request failed"),
 ])
-def test_answer_timed_out_says_nothing_when_it_must_not(make_worker, kwargs, why):
+def test_answer_timed_out_says_nothing_when_it_must_not(make_worker, kwargs, counted, why):
     w, conn, client = timed_out_worker(make_worker, **kwargs)
-    w.answer_timed_out()
+    if kwargs.get("head_sent"):
+        w.context_of_request.response.status_code = 200
+    assert w.answer_timed_out() == counted, why
     conn.close()
     client.settimeout(5)
     assert client.recv(100) == b"", why
