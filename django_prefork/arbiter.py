@@ -316,6 +316,7 @@ class Arbiter(Supervisor):
         writer = self.scoreboard.writer(self.block, slot, beat.end_request) if slot is not None else None
         worker = SyncWorker(number, ppid, self.listeners, beat, self.config, self.load_app, max_requests, writer,
                             self.lot)
+        worker.generation = self.generation
         worker.run()  # never returns
 
     def notice_booted_workers(self):

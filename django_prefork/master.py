@@ -36,7 +36,7 @@ import time
 
 from django.utils.autoreload import get_child_arguments
 
-from . import lifecycle, notify, snapshot
+from . import hooks, lifecycle, notify, snapshot
 from .arbiter import GenerationSpec, run_generation
 from .metrics import document, exposition, prometheus_available
 from .scoreboard import Scoreboard
@@ -122,6 +122,7 @@ class Master(Supervisor):
         self.status = StatusChannel(self.render_status)
         self.project = None  # set by the command: which project this server serves, for preforkstatus
         self.overrides, self.environment = {}, {}  # set by the command: its PREFORK_* flags and variables
+        self.served = False  # some generation has served: server_ready was sent
 
     def __str__(self):
         return "master"
@@ -306,6 +307,7 @@ class Master(Supervisor):
         args = get_child_arguments()
         log.info("%s: starting generation %d with fresh code", why, spec.number)
         notify.reloading()
+        hooks.send(hooks.reloading, Master, pid=os.getpid(), reason=why, generation=spec.number)
         try:
             pid = os.posix_spawn(args[0], args, spec.to_environ(os.environ))
         except OSError as exc:
@@ -339,6 +341,10 @@ class Master(Supervisor):
         retiring = f"; stopping generation {', '.join(str(g.number) for g in older)}" if older else ""
         log.info("%s serving, %d workers%s", generation, generation.worker_count, retiring)
         notify.ready(f"generation {generation.number} serving, {generation.worker_count} workers")
+        if not self.served:
+            self.served = True
+            hooks.send(hooks.server_ready, Master, pid=os.getpid(), generation=generation.number,
+                       workers=generation.worker_count)
 
     def kill_slow_reload(self):
         booting = self.booting_reload()

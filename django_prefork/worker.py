@@ -24,7 +24,7 @@ import sys
 import time
 import traceback
 
-from . import debugger, heartbeat
+from . import debugger, heartbeat, hooks
 from .lifecycle import ANSWER_TIMEOUT, idle_wait
 from .signals import die_with_parent, drain, signal_wakeup_pipe
 from .sockets import queued_connections
@@ -55,6 +55,8 @@ class SyncWorker:
         self.reactor = None
         self.lot = lot  # the generation's hand-off sockets (reactor.handoff_lot), or None
         self.published_at = None  # the reactor's sweep whose connection counts the scoreboard has
+        self.generation = None  # set by the arbiter: what the hooks tell their receivers
+        self.started = False  # worker_started was sent: worker_exiting is owed
 
     def run(self):
         code = 0
@@ -62,6 +64,8 @@ class SyncWorker:
             debugger.attach(self.heartbeat)
             self.init_signals()
             app = self.boot()
+            self.started = True
+            hooks.send(hooks.worker_started, SyncWorker, **self.hook_arguments())
             self.serve_forever(app)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -69,8 +73,21 @@ class SyncWorker:
             log.exception("worker %d (pid %d) crashed", self.number, os.getpid())
             code = 1
         finally:
-            _flush_std_streams()
-            os._exit(code)
+            self.exit(code)
+
+    def hook_arguments(self):
+        return {"pid": os.getpid(), "worker": self.number, "generation": self.generation}
+
+    def exit(self, code):
+        """The one way out: worker_exiting (once, if worker_started was sent), then os._exit."""
+        if self.started:
+            self.started = False  # a signal arriving inside a receiver must not send it twice
+            try:
+                hooks.send(hooks.worker_exiting, SyncWorker, code=code, **self.hook_arguments())
+            except BaseException:
+                pass  # exiting anyway: a receiver cut short by a second signal changes nothing
+        _flush_std_streams()
+        os._exit(code)
 
     def init_signals(self):
         # Forget the arbiter's handlers and wakeup fd; keep a wakeup pipe of our own
@@ -93,8 +110,7 @@ class SyncWorker:
         self.recycle = True  # unlike TERM, leave the queued connections to the successor
 
     def handle_quit(self, signum, frame):
-        _flush_std_streams()
-        os._exit(0)
+        self.exit(0)
 
     def handle_usr1(self, signum, frame):
         from .logfiles import reopen_log_files
@@ -113,8 +129,7 @@ class SyncWorker:
             self.answer_timed_out()
         except Exception:
             log.exception("worker %d could not answer the timed-out request", os.getpid())
-        _flush_std_streams()
-        os._exit(1)
+        self.exit(1)
 
     def answer_timed_out(self):
         """500 to the client of the request in hand, if no response head went out yet."""
