@@ -30,7 +30,7 @@ import signal
 import time
 
 from . import proctitle
-from .logfiles import reopen_log_files
+from .logfiles import reopen_and_say
 from .signals import close_wakeup_pipe, signal_wakeup_pipe, wait
 
 log = logging.getLogger("django_prefork")
@@ -178,7 +178,7 @@ class Supervisor:
         self.set_worker_count(max(1, self.worker_count - 1), signal.SIGTTOU)
 
     def handle_usr1(self):
-        reopen_log_files()
+        reopen_and_say(self)
         self.pass_on(signal.SIGUSR1)
 
     # -- children ------------------------------------------------------------------

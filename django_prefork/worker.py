@@ -113,9 +113,9 @@ class SyncWorker:
         self.exit(0)
 
     def handle_usr1(self, signum, frame):
-        from .logfiles import reopen_log_files
+        from .logfiles import reopen_and_say
 
-        reopen_log_files()
+        reopen_and_say(f"worker {self.number} (pid {os.getpid()})")
 
     def handle_abort(self, signum, frame):
         if debugger.held():
@@ -150,7 +150,8 @@ class SyncWorker:
         except ClientDisconnected:
             return
         if self.config.access_log:
-            log_request(current[0], 500, len(body))
+            log_request(current[0], 500, len(body), self.config.access_log_format, client=conn.client,
+                        started=current[1])
         conn.linger()  # let the client read it before the close
 
     def boot(self):

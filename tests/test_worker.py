@@ -19,7 +19,7 @@ from django_prefork.sockets import Listener
 from django_prefork.worker import SyncWorker
 
 CONFIG = dict(keepalive=5.0, client_timeout=5.0, limit_request_line=8190, limit_request_fields=100,
-              limit_request_field_size=8190, client_min_rate=0, timeout=30, access_log=False,
+              limit_request_field_size=8190, client_min_rate=0, timeout=30, access_log=False, access_log_format="runserver", limit_request_body=1 << 30,
               forwarded_allow_ips=("127.0.0.1",), backlog=64, gc_freeze=False)
 
 

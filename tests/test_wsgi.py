@@ -85,7 +85,7 @@ CLIENT = ("127.0.0.1", 54321)
 def config(**overrides):
     """The fields of conf.Config that WorkerContext reads."""
     values = dict(keepalive=5.0, client_timeout=5.0, limit_request_line=8190, limit_request_fields=100,
-                  limit_request_field_size=8190, client_min_rate=0, timeout=0, access_log=False,
+                  limit_request_field_size=8190, client_min_rate=0, timeout=0, access_log=False, access_log_format="runserver", limit_request_body=1 << 30,
                   forwarded_allow_ips=("127.0.0.1",))
     values.update(overrides)
     return types.SimpleNamespace(**values)
