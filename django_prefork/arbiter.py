@@ -33,6 +33,7 @@ from .heartbeat import Heartbeat
 from .lifecycle import BOOT_RETRY_WAIT, KILL_AFTER_ABORT, STARVED_AFTER
 from .capacity import LOOK_EVERY, Scaler, mem_available
 from .memory import read_memory
+from .procfs import read_process
 from .scoreboard import Scoreboard
 from .signals import close_wakeup_pipe, die_with_parent
 from .sockets import Listener, waiting_connections
@@ -423,7 +424,7 @@ class Arbiter(Supervisor):
                 kill_quietly(w.pid, signal.SIGABRT)
 
     def measure_workers(self):
-        """Each worker's RSS and USS, about once a second: to the scoreboard, and against the limit."""
+        """Each worker's RSS and USS (against the limit), CPU time and open fds, about once a second, to the scoreboard."""
         now = time.monotonic()
         if now - self.memory_read_at < 1.0:
             return
@@ -435,6 +436,9 @@ class Arbiter(Supervisor):
                 continue
             if w.slot is not None:
                 self.scoreboard.set_memory(self.block, w.slot, *w.memory)
+                stat = read_process(w.pid)  # for process_* in /metrics
+                if stat is not None:
+                    self.scoreboard.set_process(self.block, w.slot, stat.cpu_seconds, stat.open_fds, stat.start_time)
             if limit and w.memory[1] > limit and not w.retiring and w.ready:
                 self.recycle(w, f"it uses {w.memory[1] / 1048576:.0f} MiB of its own (USS), past "
                                 f"PREFORK_MAX_WORKER_MEMORY {self.config.max_worker_memory} MiB", "memory")
