@@ -216,3 +216,56 @@ def test_a_reload_during_a_pdb_session_restores_the_masters_settings_not_pdbs(pt
     wait_until(lambda: server.lflag() & ECHOING == ECHOING, message="echo and icanon back on")
     second["thread"].join(15)
     assert server.get()[0] == 200
+
+
+def test_ctrl_c_after_continuing_from_pdb_stops_the_server(pty_server):
+    """`c` leaves pdb's SIGINT handler behind; the worker's own must be back, or Ctrl-C
+    would open a (Pdb) prompt in the worker's loop instead of stopping it."""
+    server = pty_server("--timeout", "2", settings={"PREFORK_WORKERS": 1})
+    wait_until(lambda: len(server.worker_pids()) == 1)
+    request = server.get_in_background("/debug")
+    server.wait_for(re.escape(PROMPT))
+    server.type("c\n")
+    request["thread"].join(15)
+    assert request.get("status") == 200, (request, server.output)
+    assert server.get()[0] == 200  # the worker is back in its loop
+    since = len(server.output)
+    server.type("\x03")  # Ctrl-C: SIGINT to the whole foreground job
+    assert server.proc.wait(20) == 0
+    assert PROMPT not in server.output[since:], server.output[since:]
+
+
+def test_the_workers_sigint_handler_is_back_when_pdb_lets_go(monkeypatch):
+    """Unit: whatever pdb installed during the interaction, the outermost one's end restores the worker's."""
+    import pdb
+
+    from django_prefork import debugger
+
+    def pdbs_handler(signum, frame):
+        pass
+
+    def workers_handler(signum, frame):
+        pass
+
+    def interaction(self, *args):
+        signal.signal(signal.SIGINT, pdbs_handler)  # what `c` does
+        pdb.Pdb._previous_sigint_handler = workers_handler
+
+    class Beat:
+        def set_debugging(self, on):
+            pass
+
+        def notify(self):
+            pass
+
+    monkeypatch.setattr(pdb.Pdb, "interaction", interaction)
+    previous = signal.signal(signal.SIGINT, workers_handler)
+    debugger.install()
+    debugger.attach(Beat())
+    try:
+        pdb.Pdb.interaction(object())
+        assert signal.getsignal(signal.SIGINT) is workers_handler
+        assert pdb.Pdb._previous_sigint_handler is None
+    finally:
+        debugger.attach(None)
+        signal.signal(signal.SIGINT, previous)
