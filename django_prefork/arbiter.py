@@ -460,3 +460,6 @@ class Arbiter(Supervisor):
         # A worker stuck or stopped while we wait for the others must not hold
         # its client for the whole grace period: the timeout still applies.
         self.murder_lazy_workers()
+
+    def held_by_debugger(self):
+        return any(w.heartbeat.debugging() for w in self.workers.values())

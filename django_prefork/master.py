@@ -212,6 +212,11 @@ class Master(Supervisor):
     def watch_while_stopping(self):
         self.status.serve()  # /healthz says 503 while the server stops
 
+    def held_by_debugger(self):
+        """A worker of ours at pdb's prompt: its arbiter waits for it, so we wait for its arbiter."""
+        return any(row["state"] == "debugging" for g in self.generations if g.block is not None
+                   for row in self.scoreboard.workers(g.block))
+
     def after_stop(self):
         self.status.close()
 
