@@ -57,7 +57,8 @@ class Generation:
         booting ──"R" on the ready pipe──▶ serving ──a newer one serving──▶ stopping ──exit──▶ gone
            │                                  │
            │ exit before "R"                  └ exit: a reload starts a new generation at once
-           ├ generation 1: the server ends (HALT_STATUS); nothing ever served
+           ├ nothing ever served, autoreload on: wait; the next change or HUP starts a generation
+           ├ generation 1 (autoreload off): the server ends (HALT_STATUS); nothing ever served
            └ a reload: it failed; the serving generation goes on, the next change or HUP retries
 
     - Every generation starts booting: generation 1 forked by the master, the
@@ -65,6 +66,9 @@ class Generation:
     - It is serving once its arbiter writes "R": all its workers loaded the
       app. Every older generation, booting or serving, then gets TERM and is
       stopping; its workers finish what they hold.
+    - Broken code at start with autoreload on is runserver's case: the
+      error is printed and the server waits for the fix (the command itself
+      waits when the master's own checks fail, then execs itself afresh).
     - One reload boots at a time: meanwhile HUP is refused and file changes
       wait. Generation 1's own boot is no reload: a HUP during it starts
       generation 2. A reload not ready within the boot limit is SIGKILLed,
@@ -378,6 +382,13 @@ class Master(Supervisor):
         elif generation.state == SERVING:
             log.error("%s exited unexpectedly (exit %s); starting a new one", generation, code)
             self.reload("no generation serving")
+        elif not self.served and self.watcher is not None:
+            # Autoreload on and nothing ever served: as runserver, wait for the fix (the next change
+            # starts a generation of fresh code); without autoreload, the server ends (exit 1).
+            if generation.is_reload:
+                self.lifetime.reloads["failed"] += 1
+            log.error("%s failed (exit %s): nothing serves yet; fix the error and save (or send HUP) to retry",
+                      generation, code)
         elif not generation.is_reload:
             if code != HALT_STATUS:  # a HaltServer: the generation said why
                 log.error("%s ended before serving (exit %s)", generation, code)
