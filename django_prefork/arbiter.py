@@ -34,6 +34,7 @@ from .heartbeat import Heartbeat
 from .lifecycle import BOOT_RETRY_WAIT, KILL_AFTER_ABORT, STARVED_AFTER
 from .capacity import LOOK_EVERY, Scaler, mem_available
 from .memory import read_memory
+from .procfs import read_process
 from .scoreboard import Scoreboard
 from .signals import close_wakeup_pipe, die_with_parent, flush_std_streams
 from .sockets import Listener, waiting_connections
@@ -326,6 +327,7 @@ class Arbiter(Supervisor):
         writer = self.scoreboard.writer(self.block, slot, beat.end_request) if slot is not None else None
         worker = SyncWorker(number, ppid, self.listeners, beat, self.config, self.load_app, max_requests, writer,
                             self.lot)
+        worker.generation = self.generation
         worker.run()  # never returns
 
     def notice_booted_workers(self):
@@ -432,7 +434,7 @@ class Arbiter(Supervisor):
                 kill_quietly(w.pid, signal.SIGABRT)
 
     def measure_workers(self):
-        """Each worker's RSS and USS, about once a second: to the scoreboard, and against the limit."""
+        """Each worker's RSS and USS (against the limit), CPU time and open fds, about once a second, to the scoreboard."""
         now = time.monotonic()
         if now - self.memory_read_at < 1.0:
             return
@@ -444,6 +446,9 @@ class Arbiter(Supervisor):
                 continue
             if w.slot is not None:
                 self.scoreboard.set_memory(self.block, w.slot, *w.memory)
+                stat = read_process(w.pid)  # for process_* in /metrics
+                if stat is not None:
+                    self.scoreboard.set_process(self.block, w.slot, stat.cpu_seconds, stat.open_fds, stat.start_time)
             if w.slot is not None and not w.retiring and self.scoreboard.asks_recycle(self.block, w.slot):
                 self.recycle(w, "one of its threads timed out", "timeout")
                 continue
@@ -468,3 +473,6 @@ class Arbiter(Supervisor):
         # A worker stuck or stopped while we wait for the others must not hold
         # its client for the whole grace period: the timeout still applies.
         self.murder_lazy_workers()
+
+    def held_by_debugger(self):
+        return any(w.heartbeat.debugging() for w in self.workers.values())

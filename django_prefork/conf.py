@@ -84,6 +84,15 @@ BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True,
                  "false": False, "no": False, "off": False, "0": False}
 
 
+def _one_of(*choices):
+    def valid(value):
+        return value in choices
+
+    valid.wants = "one of " + ", ".join(repr(c) for c in choices)
+    valid.parse, valid.option = str, str
+    return valid
+
+
 def _bool(value):
     return isinstance(value, bool)
 
@@ -234,6 +243,8 @@ SETTINGS = (
             "Request body bytes kept in memory (larger: a temporary file); None streams bodies."),
     Setting("PREFORK_LIMIT_REQUEST_BODY", "prefork.E026", 1 << 30, _int(0),
             "Largest request body, bytes (→ 413; 0 = no limit): what one upload may spool to disk."),
+    Setting("PREFORK_ACCESS_LOG_FORMAT", "prefork.E027", "runserver", _one_of("runserver", "combined", "json"),
+            "The access log's line: runserver's, combined (with client, duration, user agent, X-Request-ID), json."),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -360,6 +371,7 @@ class Config:
     max_connections: int
     buffer_body: object  # bytes kept in memory; None: bodies are streamed
     limit_request_body: int  # bytes; 0 = no limit
+    access_log_format: str  # runserver, combined or json (accesslog.py)
 
     @classmethod
     def load(cls, overrides=None, environ=None):

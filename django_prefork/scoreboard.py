@@ -69,6 +69,8 @@ _COUNTERS = struct.Struct(f"@QQ5Q{len(BUCKETS) + 1}Qd")
 _COUNTERS_AT = 128
 _MEMORY = struct.Struct("@QQ")  # RSS, USS in bytes, as the arbiter last read them
 _MEMORY_AT = _COUNTERS_AT + _COUNTERS.size
+_PROCESS = struct.Struct("@dQd")  # CPU seconds, open fds, start time (epoch), as the arbiter last read them
+_PROCESS_AT = _MEMORY_AT + _MEMORY.size
 _HEARTBEAT_AT = 512  # the heartbeat record, to the slot's end
 _CONNECTIONS = struct.Struct("@5I")  # held by state: reading, waiting, writing, idle, lingering
 _CONNECTIONS_AT = 64
@@ -79,7 +81,7 @@ _RECORD = struct.Struct(f"@QII{len(RESTART_REASONS)}Q")
 _CAPACITY = struct.Struct("@IIIxxxxQQ")
 _CAPACITY_AT = _RECORD.size
 assert _IDENTITY.size <= _CONNECTIONS_AT and _CONNECTIONS_AT + _CONNECTIONS.size <= _COUNTERS_AT
-assert _MEMORY_AT + _MEMORY.size <= _HEARTBEAT_AT and SLOT_SIZE - _HEARTBEAT_AT == RECORD_STRIDE >= RECORD_SIZE
+assert _PROCESS_AT + _PROCESS.size <= _HEARTBEAT_AT and SLOT_SIZE - _HEARTBEAT_AT == RECORD_STRIDE >= RECORD_SIZE
 assert _CAPACITY_AT + _CAPACITY.size <= _COUNTERS_AT
 
 _ZERO_COUNTERS = (0,) * (_COUNTERS.size // 8 - 1) + (0.0,)
@@ -231,6 +233,9 @@ class Scoreboard:
     def set_memory(self, block, slot, rss, uss):
         _MEMORY.pack_into(self.mm, self.slot_offset(block, slot) + _MEMORY_AT, rss, uss)
 
+    def set_process(self, block, slot, cpu_seconds, open_fds, start_time):
+        _PROCESS.pack_into(self.mm, self.slot_offset(block, slot) + _PROCESS_AT, cpu_seconds, open_fds, start_time)
+
     # -- reading ------------------------------------------------------------------------
 
     def restarts(self, block):
@@ -254,6 +259,7 @@ class Scoreboard:
             request, debugging = busy[0] if busy else (None, False)
             state = slot_state(state, request is not None, debugging)
             rss, uss = _MEMORY.unpack_from(self.mm, at + _MEMORY_AT)
+            cpu, fds, started = _PROCESS.unpack_from(self.mm, at + _PROCESS_AT)
             counters = Counters(_COUNTERS.unpack_from(self.mm, at + _COUNTERS_AT))
             rows.append({
                 "slot": slot, "number": number, "pid": pid, "state": STATE_NAMES.get(state, "?"),
@@ -261,6 +267,9 @@ class Scoreboard:
                 "request": request[0] if request else None,
                 "request_age": round(now - request[1], 3) if request else None,
                 "requests": counters.requests, "rss": rss or None, "uss": uss or None,
+                # 0: not read yet (a start time of 0 is none either): absent, not zero.
+                "cpu_seconds": cpu if started else None, "open_fds": fds if started else None,
+                "start_time": started or None,
                 "connections": dict(zip(CONNECTION_STATES, _CONNECTIONS.unpack_from(self.mm, at + _CONNECTIONS_AT))),
                 "busy_threads": len(busy),
                 "threads": [{"request": r[0] if r else None, "request_age": round(now - r[1], 3) if r else None,

@@ -24,7 +24,7 @@ import tempfile
 import time
 import traceback
 
-from . import debugger, heartbeat
+from . import debugger, heartbeat, hooks
 from .lifecycle import ANSWER_TIMEOUT, idle_wait
 from .signals import die_with_parent, drain, flush_std_streams, signal_wakeup_pipe
 from .sockets import queued_connections
@@ -56,6 +56,8 @@ class SyncWorker:
         self.reactor = None
         self.lot = lot  # the generation's hand-off sockets (reactor.handoff_lot), or None
         self.published_at = None  # the reactor's sweep whose connection counts the scoreboard has
+        self.generation = None  # set by the arbiter: what the hooks tell their receivers
+        self.started = False  # worker_started was sent: worker_exiting is owed
 
     def run(self):
         code = 0
@@ -63,6 +65,8 @@ class SyncWorker:
             debugger.attach(self.heartbeat)
             self.init_signals()
             app = self.boot()
+            self.started = True
+            hooks.send(hooks.worker_started, SyncWorker, **self.hook_arguments())
             self.serve_forever(app)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -70,8 +74,21 @@ class SyncWorker:
             log.exception("worker %d (pid %d) crashed", self.number, os.getpid())
             code = 1
         finally:
-            flush_std_streams()
-            os._exit(code)
+            self.exit(code)
+
+    def hook_arguments(self):
+        return {"pid": os.getpid(), "worker": self.number, "generation": self.generation}
+
+    def exit(self, code):
+        """The one way out: worker_exiting (once, if worker_started was sent), then os._exit."""
+        if self.started:
+            self.started = False  # a signal arriving inside a receiver must not send it twice
+            try:
+                hooks.send(hooks.worker_exiting, SyncWorker, code=code, **self.hook_arguments())
+            except BaseException:
+                pass  # exiting anyway: a receiver cut short by a second signal changes nothing
+        flush_std_streams()
+        os._exit(code)
 
     def init_signals(self):
         # Forget the arbiter's handlers and wakeup fd; keep a wakeup pipe of our own
@@ -94,13 +111,12 @@ class SyncWorker:
         self.recycle = True  # unlike TERM, leave the queued connections to the successor
 
     def handle_quit(self, signum, frame):
-        flush_std_streams()
-        os._exit(0)
+        self.exit(0)
 
     def handle_usr1(self, signum, frame):
-        from .logfiles import reopen_log_files
+        from .logfiles import reopen_and_say
 
-        reopen_log_files()
+        reopen_and_say(f"worker {self.number} (pid {os.getpid()})")
 
     def handle_abort(self, signum, frame):
         if debugger.held():
@@ -119,8 +135,7 @@ class SyncWorker:
         # exit: the arbiter folds a dead worker's slot into its generation's figures.
         self.end_request(status, sent)
         remove_upload_files()
-        flush_std_streams()
-        os._exit(1)
+        self.exit(1)
 
     def answer_timed_out(self):
         """500 to the client of the request in hand, if no response head went out yet.
@@ -149,7 +164,8 @@ class SyncWorker:
         except ClientDisconnected:
             return 500, 0
         if self.config.access_log:
-            log_request(current[0], 500, len(body))
+            log_request(current[0], 500, len(body), self.config.access_log_format, client=conn.client,
+                        started=current[1])
         conn.linger()  # let the client read it before the close
         return 500, len(body)
 

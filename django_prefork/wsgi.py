@@ -19,7 +19,7 @@ from email.utils import formatdate
 
 from django.utils.log import log_message
 
-from . import __version__
+from . import __version__, accesslog
 from .conf import forwarded_trust
 from .http import TOKEN, Body, HTTPError, Limits, decode_path, reason_phrase, split_target
 from .transport import QUEUE, ClientDisconnected, check_deadline
@@ -88,7 +88,7 @@ class WorkerContext:
             config.timeout,
             config.limit_request_body,
         )
-        self.access_log = config.access_log
+        self.access_log = config.access_log and config.access_log_format  # its format, or False: off
         self.unix = listener.sock.family == socket.AF_UNIX
         # A unix socket's peer is the proxy on this machine: trusted, as gunicorn does.
         self.trusts_forwarded = (lambda host: True) if self.unix else forwarded_trust(config.forwarded_allow_ips)
@@ -166,7 +166,8 @@ def serve_connection(conn, context):
                     response.short_by)
     conn.keep_alive = response.keep_alive and not response.short_by and request.complete
     if context.access_log:
-        log_request(_request_line(environ), response.status_code, response.body_sent)
+        log_request(_request_line(environ), response.status_code, response.body_sent, context.access_log,
+                    environ, started=request.started)
     return response.status_code, response.body_sent
 
 
@@ -535,7 +536,7 @@ def answer_error(conn, exc, context, request_line, may_queue=None):
     if exc.status < 500:
         log.info("answered %d to %s: %s", exc.status, request_line or "a malformed request", exc.reason)
     if context.access_log:
-        log_request(request_line or "-", exc.status, len(body))
+        log_request(request_line or "-", exc.status, len(body), context.access_log, client=conn.client)
     return exc.status, response.body_sent
 
 
@@ -543,9 +544,15 @@ def _request_line(environ):
     return f'{environ["REQUEST_METHOD"]} {environ["RAW_URI"]} {environ["SERVER_PROTOCOL"]}'
 
 
-def log_request(request_line, status, size):
-    # runserver's line and levels, through its logger and formatter.
-    log_message(
-        access_log, '"%s" %s %s', request_line, str(status), str(size),
-        status_code=status, server_time=time.strftime("%d/%b/%Y %H:%M:%S"),
-    )
+def log_request(request_line, status, size, fmt="runserver", environ=None, client=None, started=None):
+    """One access log line in `fmt` (accesslog.py), with runserver's levels, logger and formatter."""
+    server_time = time.strftime("%d/%b/%Y %H:%M:%S")
+    if fmt == "runserver":
+        log_message(access_log, '"%s" %s %s', request_line, str(status), str(size),
+                    status_code=status, server_time=server_time)
+        return
+    fields = accesslog.fields(request_line, status, size, environ, client, started)
+    line = accesslog.combined(fields) if fmt == "combined" else accesslog.as_json(fields)
+    # The line escaped itself, in its own format's way: as the message, it is not escaped again.
+    log_message(access_log, line, status_code=status, server_time=server_time,
+                **{key: fields[key] for key in ("client_addr", "duration", "user_agent", "request_id")})

@@ -95,7 +95,7 @@ def config(**overrides):
     """The fields of conf.Config that WorkerContext reads."""
     values = dict(keepalive=5.0, client_timeout=5.0, limit_request_line=8190, limit_request_fields=100,
                   limit_request_field_size=8190, client_min_rate=0, timeout=0, access_log=False,
-                  forwarded_allow_ips=("127.0.0.1",), limit_request_body=0, threads=1)
+                  access_log_format="runserver", forwarded_allow_ips=("127.0.0.1",), limit_request_body=0, threads=1)
     values.update(overrides)
     return types.SimpleNamespace(**values)
 

@@ -13,6 +13,8 @@ import functools
 import logging
 import os
 import sys
+import time
+import traceback
 from datetime import datetime
 
 from django.apps import apps
@@ -20,6 +22,7 @@ from django.conf import settings
 from django.contrib.staticfiles.management.commands.runserver import Command as StaticfilesRunserver
 from django.core.management.base import CommandError
 from django.core.management.commands.runserver import Command as RunserverCommand
+from django.utils import autoreload
 
 from django_prefork import conf, cpus, pidfile, sockets
 from django_prefork.arbiter import GenerationSpec, run_generation
@@ -134,7 +137,44 @@ class Command(StaticfilesRunserver):
         # No reloader thread: a thread in a process that forks can deadlock it.
         options["use_threading"] = False  # basehttp.run() then calls server_cls as is
         self.server_cls = functools.partial(PreforkServer, self)
-        self.inner_run(None, **options)
+        self.serving = False
+        if conf.resolve(self.overrides)["PREFORK_RELOAD"].value is not True:
+            self.inner_run(None, **options)
+            return
+        try:
+            # check_errors: Django's autoreloader then watches the file a SyntaxError names.
+            autoreload.check_errors(self.inner_run)(None, **options)
+        except Exception as exc:
+            if self.serving:
+                raise  # the master's own failure, after it started: not the project's code
+            self.wait_for_a_fix(exc)
+
+    def wait_for_a_fix(self, exc):
+        """Broken code at start with autoreload on: as runserver does, say why and wait for a change.
+
+        Nothing is bound yet; once a watched file changes the command execs
+        itself, in the same pid, to import the code afresh.
+        """
+        from django_prefork.reloader import CodeWatcher
+
+        # Its first look before we say so: a fix saved right after the message is a change.
+        watcher = CodeWatcher(getattr(settings, "BASE_DIR", None) or os.getcwd())
+        if isinstance(exc, CommandError):
+            self.stderr.write(str(exc))  # system checks: their own report, as Django prints it
+        else:
+            traceback.print_exc()
+        self.stderr.write("The project could not start; fix the error and save a file to retry "
+                          "(autoreload on). Quit with CONTROL-C.")
+        try:
+            while not watcher.changed():
+                time.sleep(1)
+        except KeyboardInterrupt:
+            sys.exit(0)
+        self.stderr.write("A file changed; starting again.")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        args = autoreload.get_child_arguments()
+        os.execv(args[0], args)
 
     def get_handler(self, *args, **options):
         """What the workers call to load the app (the arbiter, only to preload)."""
@@ -178,6 +218,7 @@ class Command(StaticfilesRunserver):
         )
 
     def run_master(self, listeners, load_app):
+        self.serving = True
         configure_logging()
         if self.pidfile:
             pidfile.write(self.pidfile)
