@@ -98,6 +98,7 @@ DEADLINES = MappingProxyType({
     LINGERING: "LINGER_SECONDS",
 })
 
+ACCEPT_AT_LEAST_EVERY = 4  # requests taken from kept connections before the listen queue gets a turn
 HEAD_MEMORY = 32 * 1024 * 1024  # bytes of unfinished request heads a worker holds; past it: 503
 QUEUE_LIMIT = 16 * 1024 * 1024  # bytes of unsent responses a worker holds in memory; past it they spool
 SPOOL_LIMIT = 1024 * 1024 * 1024  # bytes of unsent responses a worker spools to files; past it the app waits
@@ -156,6 +157,7 @@ class Reactor:
         self.watched = {}  # fd -> the events epoll watches for it
         self.ready = deque()  # WAITING connections, in the order their requests completed
         self.accepting = True
+        self.taken_since_accept = 0  # requests taken from `ready` since the listeners' last turn
         self.room = True  # an app slot is free to take what is accepted (the worker says, with threads)
         self.quota = None  # after a graceful stop: connections still to take from the listen queue
         self.stopping = False
@@ -182,9 +184,21 @@ class Reactor:
             self.sweep(now)
             if not self.ready:
                 return None
-        if not self.ready and self.accepting:
+        if self.accepting and not self.ready:
             self._accept_while_hot()
-        return self.ready.popleft() if self.ready else None
+        elif self.accepting and self.taken_since_accept >= ACCEPT_AT_LEAST_EVERY:
+            # Kept connections bring requests as fast as they are served: without a turn of
+            # its own, a connection in the listen queue would wait for a lull that never comes.
+            # The listeners may not have been polled meanwhile (no free thread): one accept()
+            # each says whether anyone waits.
+            self.taken_since_accept = 0
+            for entry in self.listeners.values():
+                entry[2] = True
+            self._accept_while_hot(self.ready[-1])
+        if not self.ready:
+            return None
+        self.taken_since_accept += 1
+        return self.ready.popleft()
 
     def wait(self, seconds):
         """Wait for readiness (at most `seconds`) and move every connection it concerns."""
@@ -275,10 +289,12 @@ class Reactor:
 
     # -- accepting ----------------------------------------------------------------------
 
-    def _accept_while_hot(self):
+    def _accept_while_hot(self, last_ready=None):
+        """Accept until a new complete request is ready (behind `last_ready`, the last one
+        already waiting), the listeners run dry, or the worker is full."""
         for listener_fd, entry in self.listeners.items():
             accept, family, hot, listener = entry
-            while hot and not self.ready and self.accepting:
+            while hot and self.accepting and (not self.ready or self.ready[-1] is last_ready):
                 if len(self.conns) >= self.config.max_connections and not self._idle():
                     return  # full, and nothing idle to make room with: the listen queue keeps it
                 try:

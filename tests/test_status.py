@@ -257,13 +257,14 @@ def test_preforkstatus_watch_redraws_until_ctrl_c_and_says_when_the_server_is_go
 
     proc, seen = watch(), bytearray()
     try:
-        wait_until(lambda: frames(proc, seen) >= 3, message="three frames of --watch")
+        # A python -m django start can take seconds on a loaded machine: that is not what is tested.
+        wait_until(lambda: frames(proc, seen) >= 3, timeout=30, message="three frames of --watch")
         assert b"idle" in seen and str(server.pid).encode() in seen
         proc.send_signal(signal.SIGINT)
         wait_until(lambda: exited(proc, seen), message="--watch to end on Ctrl-C")
         assert proc.returncode == 0 and b"Traceback" not in proc.stderr.read()
         proc, seen = watch(), bytearray()
-        wait_until(lambda: frames(proc, seen) >= 1, message="a first frame")
+        wait_until(lambda: frames(proc, seen) >= 1, timeout=30, message="a first frame")
         os.kill(server.pid, signal.SIGTERM)
         wait_until(lambda: exited(proc, seen), timeout=20, message="--watch to end with the server")
         assert proc.returncode == 1
