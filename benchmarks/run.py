@@ -6,6 +6,8 @@
                                              # the burst scenario alone
     python benchmarks/run.py --scenarios hello-keepalive,json-keepalive,attack --rounds 2 --no-memory
                                              # the keep-alive and attack scenarios (and hello, json)
+    python benchmarks/run.py --scenarios io --servers runprefork,gunicorn,uwsgi,granian --no-memory
+                                             # the I/O-bound scenario alone: threads against processes
 
 Each round runs every scenario against every server in turn (the order
 alternating between rounds) after a warm-up; the report gives medians and
@@ -32,6 +34,20 @@ most workers seen, when the count first reached 4, and how long after the
 load stopped it was back at 1 (the workers are counted by their process
 titles every 0.1 s). A run of the burst alone writes results/burst.md and
 burst.json and leaves latest.md alone.
+
+The "io" scenario (issue #21; part of a full run): an I/O-bound view, testproject's
+`/slow?seconds=0.05` (50 ms of time.sleep, no CPU), under wrk with 32 connections
+(`--io-connections`), `Connection: close` and keep-alive, each in turn on five fresh
+servers (IO_CONFIGS), warmed up for a second with the same load: runprefork with
+`PREFORK_WORKERS=2 PREFORK_THREADS=8` in its environment (its command line without
+--workers; PREFORK_KEEPALIVE for keep-alive), gunicorn `-k gthread --workers 2 --threads 8`,
+uWSGI `--processes 2 --threads 8` (--http-socket, --http11-socket for keep-alive), granian
+`--workers 2 --blocking-threads 8`, and runprefork with processes only, `PREFORK_WORKERS=16`
+(threads 1). Sixteen requests wait at once in each: at most 320 req/s. Reported per server
+and mode: requests/s, p50/p99, failures, and the sum of PSS over the server's processes read
+as the load ends (its threads all started); then runprefork 2×8's requests/s over each
+other's, and its memory over runprefork 16×1's (the target: ≤ 0.4). A run of the io alone
+writes results/io.md and io.json and leaves latest.md alone.
 
 The limit (issue #14), measured in the same run, per scenario: what no
 server can pass on this machine with this client. Two parts:
@@ -162,6 +178,16 @@ ATTACK = "attack"  # slow clients beside a probe (benchmarks/attack.py), in a ta
 ATTACK_SERVERS = ("runprefork", "gunicorn", "uwsgi", "granian", "waitress")
 POST_BODY = b"x" * 100_000
 OVERLOAD = "overload"  # hello at --overload-connections, reported in a table of its own
+IO = "io"  # threads against processes on an I/O-bound view (issue #21), in a table of its own
+IO_PATH = "/slow?seconds=0.05"  # testproject's slow view: time.sleep, the GIL let go, no CPU
+IO_CONFIGS = {  # name: (server, workers, threads a worker)
+    "runprefork 2×8": ("runprefork", 2, 8),
+    "gunicorn gthread 2×8": ("gunicorn", 2, 8),
+    "uwsgi 2×8": ("uwsgi", 2, 8),
+    "granian 2×8": ("granian", 2, 8),
+    "runprefork 16×1": ("runprefork", 16, 1),
+}
+IO_THREADS, IO_PROCESSES = "runprefork 2×8", "runprefork 16×1"
 BURST = "burst"  # a scenario of its own kind: runprefork only, see the docstring
 BURST_PATH = "/slow?seconds=0.2"
 BURST_CLIENTS = 6
@@ -790,6 +816,72 @@ def _s(value):
     return "–" if value is None else f"{value:.1f} s"
 
 
+def io_command(config, port, env, keepalive):
+    """(command, environment) of one of IO_CONFIGS on `port`, `Connection: close` or keep-alive.
+    runprefork takes its workers and threads from the environment (PREFORK_WORKERS,
+    PREFORK_THREADS: conf.resolve reads every PREFORK_* there), its keep-alive from
+    PREFORK_KEEPALIVE (keepalive_env); gunicorn runs its gthread worker (keeping connections
+    alive, 2 s, unless asked to close); uWSGI its --http-socket, --http11-socket for keep-alive
+    (as _keepalive_commands); granian its WSGI blocking threads."""
+    name, workers, threads = IO_CONFIGS[config]
+    cmd = list(server_commands(workers, port, keepalive=keepalive)[name])
+    if name == "runprefork":
+        i = cmd.index("--workers")
+        del cmd[i:i + 2]
+        env = dict(keepalive_env(env) if keepalive else env, PREFORK_WORKERS=str(workers),
+                   PREFORK_THREADS=str(threads))
+        env.pop("PREFORK_MAX_WORKERS", None)
+    elif name == "gunicorn":
+        cmd = [arg if arg != "sync" else "gthread" for arg in cmd]
+        if "--threads" in cmd:
+            cmd[cmd.index("--threads") + 1] = str(threads)
+        else:
+            cmd += ["--threads", str(threads)]
+    elif name == "uwsgi":
+        cmd += ["--threads", str(threads)]
+    elif name == "granian":
+        cmd += ["--blocking-threads", str(threads)]
+    return cmd, env
+
+
+def measure_io(args, env, load):
+    """The io scenario: {(config, "close" or "keep-alive"): [round results]}, each a fresh server
+    warmed up for a second with the same load, then loaded for --duration s; its memory (sum of
+    PSS over its processes) read as the load ends, every thread it started still there."""
+    results = {}
+    configs = [c for c in IO_CONFIGS if IO_CONFIGS[c][0] in args.servers
+               and IO_CONFIGS[c][0] in server_commands(2, 0)]
+    for round_no in range(args.rounds):
+        for mode in ("close", "keep-alive"):
+            keepalive = mode == "keep-alive"
+            for config in configs if round_no % 2 == 0 else configs[::-1]:
+                port = free_port()
+                cmd, config_env = io_command(config, port, env, keepalive)
+                server = Running(config, cmd, port, config_env)
+                try:
+                    silent = not keepalive and not says_close(port)
+                    url = f"http://127.0.0.1:{port}{IO_PATH}"
+                    load(url, "GET", 1, args.io_connections, keepalive=keepalive)  # warm-up
+                    before = server.cpu_seconds()
+                    r = measured(functools.partial(load, keepalive=keepalive), url, "GET", args.duration,
+                                 args.io_connections, args.wait_quiet)
+                    r["pss_mib"] = server.pss_mib()
+                    after = server.cpu_seconds()
+                    r["processes"] = len(server.pids())
+                finally:
+                    server.stop()
+                if r["requests"]:
+                    r["cpu_us"] = [(b - a) / r["requests"] * 1e6 for a, b in zip(before, after)]
+                r["failed"] = failed([r], config, [config] if silent else [])
+                r["silent_close"] = silent
+                results.setdefault((config, mode), []).append(r)
+                print(f"round {round_no + 1} io {mode:10} {config:21} {r['rps']:6.0f} req/s p50 {r['p50'] or 0:.0f} ms "
+                      f"p99 {r['p99'] or 0:.0f} ms failed {r['failed']} {r['pss_mib']:6.1f} MiB PSS "
+                      f"({r['processes']} processes)" + (" (another wrk overlapped)" if r["shared"] else ""),
+                      flush=True)
+    return results
+
+
 def prepare_env(tmp):
     db = os.path.join(tmp, "db.sqlite3")
     env = dict(os.environ, DJANGO_DEBUG="0", TESTPROJECT_DB=db, DJANGO_SETTINGS_MODULE="testproject.settings",
@@ -1016,13 +1108,14 @@ def measure_memory(args, env, load):
 PEERS = ("gunicorn", "uwsgi", "granian")  # runprefork's ratios to these, when they ran
 
 
-def report(args, results, first_200, memory, loader, burst=None, app_us=None, attacked=None):
+def report(args, results, first_200, memory, loader, burst=None, app_us=None, attacked=None, io=None):
     app_us = app_us or {}
     lines = [f"# Benchmark {datetime.datetime.now():%Y-%m-%d %H:%M}", ""]
     machine = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
                f"Python {platform.python_version()}; Django {_version('django')}; ")
     if not results:
         lines += [machine + "DEBUG off."]
+        lines += ["", *io_report(args, io)] if io else []
         lines += ["", *attack_report(args, attacked)] if attacked else []
         lines += ["", *burst_report(args, burst)] if burst else []
         lines += ["", f"Reproduce: `python benchmarks/run.py {' '.join(sys.argv[1:])}`".rstrip() + ""]
@@ -1097,6 +1190,8 @@ def report(args, results, first_200, memory, loader, burst=None, app_us=None, at
         for label in dict.fromkeys(label for label, _ in memory):
             cells = [f"{memory[(label, w)][0]:.1f}" if (label, w) in memory else "–" for w in (2, 8)]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if io:
+        lines += [""] + io_report(args, io)
     if attacked:
         lines += [""] + attack_report(args, attacked)
     if burst:
@@ -1252,6 +1347,10 @@ def _x(value):
     return f"{value:.2f}×" if value else "–"
 
 
+def _bold_x(value):
+    return f"**{value:.2f}×**" if value else "–"
+
+
 def measure_attack(args, env):
     """The attack scenario: {server: [round results]}, each round on a fresh server (see attack.py)."""
     from attack import attack
@@ -1301,6 +1400,58 @@ def attack_report(args, attacked):
     lines += ["", "Uploaded and read: the attackers' bytes through the whole attack, median of rounds. On loopback "
               "a 1 MiB answer mostly fits in the server's send buffer (which grows to MiBs), so the slow readers "
               "hold a sync worker about a second (seen alone against gunicorn), not for the minutes their reading takes."]
+    return lines
+
+
+def io_report(args, io):
+    modes = ("close", "keep-alive")
+    slots = 2 * 8
+    lines = [f"## I/O-bound: `{IO_PATH}` (50 ms of time.sleep), {args.io_connections} connections "
+             f"(median of {args.rounds} rounds × {args.duration} s)", "",
+             f"Each configuration a fresh server, warmed up for 1 s with the same load. 2 workers × 8 threads "
+             f"or 16 processes: {slots} requests waiting at once, at most {slots / 0.05:,.0f} req/s; the other "
+             f"{max(0, args.io_connections - slots)} connections queue. Memory: sum of PSS over the server's "
+             "processes, read as the load ends (every thread started still there).", "",
+             "| server | close req/s | p50 / p99 (ms) | PSS (MiB) | keep-alive req/s | p50 / p99 (ms) | PSS (MiB) "
+             "| failed | CPU / request (µs, close) |", "|---" * 9 + "|"]
+
+    def med(config, mode, key):
+        values = [r[key] for r in io.get((config, mode), []) if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    for config in dict.fromkeys(c for c, _ in io):
+        row = [config]
+        for mode in modes:
+            rps = med(config, mode, "rps")
+            if rps is None:
+                row += ["–", "–", "–"]
+                continue
+            row += [f"{rps:,.0f}", f"{med(config, mode, 'p50') or 0:.0f} / {med(config, mode, 'p99') or 0:.0f}",
+                    f"{med(config, mode, 'pss_mib'):.1f}"]
+        bad = [sum(r["failed"] for r in io.get((config, mode), [])) for mode in modes]
+        row.append(" / ".join(f"{b:,}" for b in bad))
+        cpu = [sum(r["cpu_us"]) for r in io.get((config, "close"), []) if r.get("cpu_us")]
+        row.append(f"{statistics.median(cpu):.0f}" if cpu else "–")
+        lines.append("| " + " | ".join(row) + " |")
+
+    def io_ratio(a, b, mode, key):
+        pairs = zip(io.get((a, mode), []), io.get((b, mode), []))
+        values = [x[key] / y[key] for x, y in pairs if y.get(key)]
+        return statistics.median(values) if values else None
+
+    lines += ["", "failed: wrk's socket errors and non-2xx answers over all rounds, close / keep-alive"
+              + ("; uWSGI's --http-socket closes without saying `Connection: close`, so only its read errors "
+                 "beyond the requests answered count (see says_close)" if any(
+                     r.get("silent_close") for rounds in io.values() for r in rounds) else "") + ".", "",
+              "| ratio (median of the per-round ratios) | close | keep-alive |", "|---|---|---|"]
+    for peer in [c for c in dict.fromkeys(c for c, _ in io) if c != IO_THREADS]:
+        lines.append(f"| req/s: {IO_THREADS} / {peer} | "
+                     + " | ".join(_bold_x(io_ratio(IO_THREADS, peer, mode, "rps")) for mode in modes) + " |")
+    lines.append(f"| memory: {IO_THREADS} / {IO_PROCESSES} (target ≤ 0.4) | "
+                 + " | ".join(_bold_x(io_ratio(IO_THREADS, IO_PROCESSES, mode, "pss_mib")) for mode in modes)
+                 + " |")
+    shared = sum(r.get("shared", False) for rounds in io.values() for r in rounds)
+    lines += ["", f"{shared} of {sum(len(r) for r in io.values())} measurements overlapped a wrk this run did not start."]
     return lines
 
 
@@ -1376,7 +1527,7 @@ def main():
     parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--scenarios", help=f"comma-separated, from: {', '.join([*SCENARIOS, OVERLOAD, ATTACK, BURST])} "
+    parser.add_argument("--scenarios", help=f"comma-separated, from: {', '.join([*SCENARIOS, OVERLOAD, IO, ATTACK, BURST])} "
                         f"({OVERLOAD} comes with hello, a keep-alive one with its `Connection: close` twin); "
                         "all of them by default, hello with --quick")
     parser.add_argument("--overload-connections", type=int, default=64, help="connections of the overload scenario")
@@ -1386,6 +1537,7 @@ def main():
                         help="CPU seconds of the in-process measure, per path and round")
     parser.add_argument("--wait-quiet", type=float, default=30,
                         help="seconds to wait before each measurement for a wrk not ours to end")
+    parser.add_argument("--io-connections", type=int, default=32, help="connections of the io scenario")
     parser.add_argument("--burst-seconds", type=float, default=8, help="length of the burst scenario's load")
     parser.add_argument("--attack-idle", type=int, default=200, help="idle connections of the attack")
     parser.add_argument("--attack-slowloris", type=int, default=50, help="slowloris connections of the attack")
@@ -1402,7 +1554,7 @@ def main():
     if args.quick:
         args.scenarios, args.rounds, args.duration, args.no_memory = args.scenarios or "hello", 2, 4, True
         args.app_seconds, args.attack_seconds = min(args.app_seconds, 0.5), min(args.attack_seconds, 4)
-    wanted = (args.scenarios or ",".join([*SCENARIOS, ATTACK, BURST])).split(",")
+    wanted = (args.scenarios or ",".join([*SCENARIOS, IO, ATTACK, BURST])).split(",")
     # a keep-alive scenario brings its `Connection: close` twin: the report sets one beside the other
     args.scenarios = [s for s in SCENARIOS if s in wanted or s in [KEEPALIVE.get(w) for w in wanted]]
     args.overload = (OVERLOAD in wanted or ("hello" in wanted and not args.quick)) and not args.no_overload
@@ -1412,6 +1564,7 @@ def main():
     args.kept = {}
     args.burst = BURST in wanted and "runprefork" in args.servers
     args.attack = ATTACK in wanted
+    args.io = IO in wanted
     if "gunicorn" in args.servers and (args.scenarios or args.overload) and not has_module("gunicorn"):
         sys.exit("gunicorn is missing: pip install -e '.[bench]'")
     load, loader = (wrk, "wrk") if shutil.which("wrk") else (python_load, "python fallback (no wrk: apt-get install wrk)")
@@ -1420,14 +1573,15 @@ def main():
         env = prepare_env(tmp)
         results, first_200, app_us = measure_throughput(args, env, load)
         memory = {} if args.no_memory else measure_memory(args, env, load)
+        io = measure_io(args, env, load) if args.io else {}
         attacked = measure_attack(args, env) if args.attack else {}
         burst = measure_burst(args, env, tmp) if args.burst else {}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    text = report(args, results, first_200, memory, loader, burst, app_us, attacked)
-    # A quick run is a check, not a result, and a run of the burst or the
-    # attack alone is not a full one: they leave the last full report alone.
+    text = report(args, results, first_200, memory, loader, burst, app_us, attacked, io)
+    # A quick run is a check, not a result, and a run of the burst, the io
+    # or the attack alone is not a full one: they leave the last full report alone.
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
-    latest = "quick" if args.quick else "latest" if results else "burst" if burst else "attack"
+    latest = "quick" if args.quick else "latest" if results else "burst" if burst else IO if io else "attack"
     for name in ((f"{stamp}.md", "latest.md") if latest == "latest" else (latest + ".md",)):
         with open(os.path.join(HERE, "results", name), "w") as f:
             f.write(text)
@@ -1437,7 +1591,8 @@ def main():
     with open(os.path.join(HERE, "results", latest + ".json"), "w") as f:
         json.dump({**{f"{s}|{n}": r for (s, n), r in results.items()}, **limit,
                    **{f"{BURST}|runprefork {c}": r for c, r in burst.items()},
-                   **{f"{ATTACK}|{n}": r for n, r in attacked.items()}}, f, indent=1)
+                   **{f"{ATTACK}|{n}": r for n, r in attacked.items()},
+                   **{f"{IO}|{c}|{m}": r for (c, m), r in io.items()}}, f, indent=1)
     print(text)
     if png:
         print(f"chart: {png}")
