@@ -3,13 +3,15 @@
     python benchmarks/hotpath.py              # the bare app: the server's own path alone
     python benchmarks/hotpath.py --django     # testproject's /hello through the same path
     python benchmarks/hotpath.py --profile    # then cProfile's top 25 functions by own time
+    python benchmarks/hotpath.py --keepalive  # one kept connection, no Connection: close
 
 What benchmarks/run.py cannot show: the CPU of the Python that runs for every
 request (reading the head, the environ, the response, the scoreboard), without
 the kernel's share and without the noise of a loaded machine, so a change of a
-few hundred nanoseconds is seen. A fake connection hands `serve_connection`
-wrk's request and swallows the answer; the heartbeat and the scoreboard slot
-are real. The figure is a hot one: in the server, with Django and the kernel
+few hundred nanoseconds is seen. A fake socket hands wrk's request to an http.Reader
+(as the event loop does once it has read it) and `serve_connection` answers it
+into the void; the transport's Connection, the heartbeat and the scoreboard slot
+are real. The event loop's own share (epoll, accept, recv, close) is not in it. The figure is a hot one: in the server, with Django and the kernel
 running between two requests, the same path costs twice as much or more
 (docs/performance.md).
 """
@@ -29,16 +31,13 @@ REPO = os.path.dirname(HERE)
 REQUEST = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nConnection: close\r\n\r\n"
 
 
-class FakeConnection:
-    """A connected socket as serve_connection uses it: one request in, the answer dropped."""
+class FakeSocket:
+    """A connected socket as the transport uses it: the answer dropped."""
 
     family = socket.AF_INET
 
     def __init__(self):
         self._pair = socket.socketpair()  # a real fd, for the unread-input check (FIONREAD)
-
-    def recv(self, size, flags=0):
-        return REQUEST
 
     def send(self, data, flags=0):
         return len(data)
@@ -63,6 +62,7 @@ def main():
     parser.add_argument("--django", action="store_true", help="serve testproject's /hello, not the bare app")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top 25 by own time")
     parser.add_argument("--requests", type=int, default=20000, help="requests per timed run (7 runs)")
+    parser.add_argument("--keepalive", action="store_true", help="one kept connection, as wrk's keep-alive load")
     args = parser.parse_args()
 
     sys.path[:0] = [REPO, os.path.join(REPO, "testproject"), HERE]
@@ -74,7 +74,9 @@ def main():
 
     django.setup()
     from django_prefork import conf, heartbeat, wsgi
+    from django_prefork.http import Reader
     from django_prefork.scoreboard import Scoreboard
+    from django_prefork.transport import Connection
 
     if args.django:
         from django.core.management import call_command
@@ -89,12 +91,17 @@ def main():
     block = board.claim_block(1)
     beat = heartbeat.Heartbeat(tmp, board.heartbeat_record(block, 0))
     slot = board.writer(block, 0, beat.end_request)
-    context = wsgi.WorkerContext(app, FakeListener(), conf.Config.load(), beat)
-    conn, client = FakeConnection(), ("127.0.0.1", 50000)
+    config = conf.Config.load()
+    context = wsgi.WorkerContext(app, FakeListener(), config, beat)
+    request = REQUEST.replace(b"Connection: close\r\n", b"") if args.keepalive else REQUEST
+    kept = Connection(FakeSocket(), ("127.0.0.1", 50000))
 
-    def one():  # what the worker's loop does for a connection, minus accept and close
+    def one():  # what the worker does for a request, minus the event loop's syscalls
         beat.notify()
-        status, sent = wsgi.serve_connection(conn, client, context)
+        conn = kept if args.keepalive else Connection(kept.sock, ("127.0.0.1", 50000))
+        conn.reader = Reader(context.limits, config.buffer_body)
+        conn.reader.feed(request)
+        status, sent = wsgi.serve_connection(conn, context)
         slot.end_request(status, sent)
 
     for _ in range(2000):
@@ -109,7 +116,7 @@ def main():
         for _ in range(args.requests):
             one()
         runs.append((time.process_time() - started) / args.requests * 1e6)
-    what = "testproject /hello" if args.django else "the bare app"
+    what = ("testproject /hello" if args.django else "the bare app") + (", keep-alive" if args.keepalive else "")
     print(f"{what}: {min(runs):.2f} µs of CPU a request (min of 7 runs; median {statistics.median(runs):.2f})")
     if args.profile:
         import cProfile

@@ -46,6 +46,7 @@ _END_CLOSE, _END_KEEP_11, _END_KEEP_10 = "Connection: close\r\n\r\n", "\r\n", "C
 # What a proxy says to mean "the client spoke https": gunicorn's secure_scheme_headers.
 FORWARDED_HTTPS = (("HTTP_X_FORWARDED_PROTO", "https"), ("HTTP_X_FORWARDED_SSL", "on"),
                    ("HTTP_X_FORWARDED_PROTOCOL", "ssl"))
+_FORWARDED_KEYS = frozenset(key for key, _ in FORWARDED_HTTPS)
 
 
 class InvalidHeader(ValueError):
@@ -222,7 +223,10 @@ def build_environ(context, request, client):
         if key in environ:
             value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
         environ[key] = value
-    if context.trusts_forwarded(environ["REMOTE_ADDR"]) and _forwarded_https(environ):
+    # Whom to trust is asked only of a request that says something (an address parse costs
+    # more than the rest of the environ).
+    if (_FORWARDED_KEYS & environ.keys()) and context.trusts_forwarded(environ["REMOTE_ADDR"]) \
+            and _forwarded_https(environ):
         environ["wsgi.url_scheme"] = "https"
     if authority is not None:  # RFC 9112 §3.2.2: absolute-form wins over Host
         environ["HTTP_HOST"] = authority.decode("latin-1")
