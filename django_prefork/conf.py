@@ -241,6 +241,8 @@ SETTINGS = (
             "Request body bytes kept in memory (larger: a temporary file); None streams bodies."),
     Setting("PREFORK_LIMIT_REQUEST_BODY", "prefork.E026", 1 << 30, _int(0),
             "Largest request body, bytes (→ 413; 0 = no limit): what one upload may spool to disk."),
+    Setting("PREFORK_METRICS_SOCKET_MODE", "prefork.E027", 0o600, _socket_mode,
+            "Mode of a PREFORK_METRICS unix socket (default: the server's user only)."),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -367,6 +369,7 @@ class Config:
     max_connections: int
     buffer_body: object  # bytes kept in memory; None: bodies are streamed
     limit_request_body: int  # bytes; 0 = no limit
+    metrics_socket_mode: int  # a PREFORK_METRICS unix socket's; private unless opened
 
     @classmethod
     def load(cls, overrides=None, environ=None):

@@ -223,7 +223,7 @@ class Master(Supervisor):
             log.warning("no control socket for preforkstatus: %s", exc)
         if self.config.metrics:
             try:
-                sock = self.status.open_metrics(self.config.metrics, self.config.unix_socket_mode)
+                sock = self.status.open_metrics(self.config.metrics, self.config.metrics_socket_mode)
             except OSError as exc:
                 raise HaltServer(f"PREFORK_METRICS {self.config.metrics}: {exc.strerror or exc}. "
                                  "Is another server using that address?") from None

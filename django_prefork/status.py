@@ -133,13 +133,23 @@ class StatusChannel:
         os.replace(info_path + ".tmp", info_path)
         self.control_files = (sock_path, info_path)
 
-    def open_metrics(self, address, unix_mode=0o666):
-        """PREFORK_METRICS: "host:port" or "unix:/path" (a live server's is refused, as for the app's)."""
+    def open_metrics(self, address, unix_mode=0o600):
+        """PREFORK_METRICS: "host:port" or "unix:/path" (a live server's is refused, as for the app's).
+
+        A unix socket gets `unix_mode` (PREFORK_METRICS_SOCKET_MODE, private by
+        default: /status names every request in hand), and is bound under a
+        umask that leaves it private until then, so there is no moment when
+        it is open wider than asked.
+        """
         if address.startswith("unix:"):
             path = address[len("unix:"):]
             remove_stale_unix_socket(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(path)
+            old_umask = os.umask(0o177)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old_umask)
             os.chmod(path, unix_mode)
             self.control_files += (path,)
         else:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import socket
 import subprocess
 import sys
@@ -495,3 +496,28 @@ def test_dead_masters_control_files_are_removed(tmp_path, monkeypatch):
     finally:
         channel.close()
     assert sorted(os.listdir(directory)) == sorted([f"{os.getppid()}.json", "notes.txt"])
+
+
+@pytest.mark.parametrize("umask, mode, expected", [
+    (0o022, None, 0o600),  # the usual umask: /status names every request in hand, so not even readable by others
+    (0o000, None, 0o600),  # no umask at all: the default alone keeps it private
+    (0o077, 0o660, 0o660),  # opened on purpose (a group Prometheus shares), whatever the umask
+])
+def test_a_unix_metrics_socket_is_private_unless_opened(tmp_path, umask, mode, expected):
+    channel = status.StatusChannel(render)
+    path = tmp_path / "metrics.sock"
+    old = os.umask(umask)
+    try:
+        channel.open_metrics(f"unix:{path}", *(() if mode is None else (mode,)))
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == expected
+    finally:
+        channel.close()
+
+
+def test_the_metrics_socket_mode_is_a_setting_the_environment_can_give(serve, tmp_path):
+    path = tmp_path / "metrics.sock"
+    serve(settings={"PREFORK_METRICS": f"unix:{path}"}, env={"PREFORK_METRICS_SOCKET_MODE": "640"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
