@@ -29,6 +29,8 @@ import json
 import logging
 import os
 import socket
+import stat
+import struct
 import tempfile
 import time
 
@@ -45,12 +47,56 @@ MAX_CLIENTS = 16
 HEAD_LIMIT = 8192
 
 
-def runtime_dir():
-    """Where control sockets live: $XDG_RUNTIME_DIR/django-prefork, else a 0700 dir in the temp dir."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    path = os.path.join(base, "django-prefork") if base else os.path.join(
-        tempfile.gettempdir(), f"django-prefork-{os.getuid()}")
-    return path
+def runtime_dir(uid=None):
+    """Where control sockets live: $XDG_RUNTIME_DIR/django-prefork, else a 0700 dir in the temp dir.
+
+    Another user's (`uid`, for root looking for the app user's server) is
+    their directory in the temp dir: their XDG_RUNTIME_DIR is not ours to know.
+    """
+    uid = os.getuid() if uid is None else uid
+    base = os.environ.get("XDG_RUNTIME_DIR") if uid == os.getuid() else None
+    if base:
+        return os.path.join(base, "django-prefork")
+    return os.path.join(tempfile.gettempdir(), f"django-prefork-{uid}")
+
+
+class Untrusted(PermissionError):
+    """A control directory or socket that someone other than its user made or can reach."""
+
+
+def check_private(path, uid, kind):
+    """Raise Untrusted unless `path` is a `kind` ("directory" or "socket") of `uid`'s that only it can use.
+
+    Both sides ask this of both the directory and the socket. In a shared
+    /tmp, whoever creates django-prefork-UID first owns it: a server that
+    used someone else's directory would hand them its socket (they could
+    replace it), and a preforkstatus that trusted it would print whatever
+    document their socket served. lstat, so that a symlink is refused too,
+    rather than followed to wherever it points.
+    """
+    info = os.lstat(path)
+    wrong = []
+    if not (stat.S_ISDIR if kind == "directory" else stat.S_ISSOCK)(info.st_mode):
+        wrong.append(f"is not a {kind}" + (" but a symlink" if stat.S_ISLNK(info.st_mode) else ""))
+    if info.st_uid != uid:
+        wrong.append(f"belongs to uid {info.st_uid}, not {uid}")
+    if info.st_mode & 0o077 and not stat.S_ISLNK(info.st_mode):
+        wrong.append(f"has mode {stat.S_IMODE(info.st_mode):04o}, open to other users (it must be private: "
+                     f"{'0700' if kind == 'directory' else '0600 or 0700'})")
+    if wrong:
+        raise Untrusted(f"{path} {' and '.join(wrong)}")
+
+
+def peer_uid(conn):
+    """The uid of the process at the other end of a connected unix socket; None where the platform cannot say.
+
+    SO_PEERCRED is what the kernel recorded when the peer called connect()
+    (for a server, listen()): it cannot be forged by what the peer sends.
+    """
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None  # not Linux: the checks on the files' owner and mode stand alone
+    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
 
 
 def project_id():
@@ -102,18 +148,27 @@ class StatusChannel:
     def __init__(self, render):
         self.render = render  # (method, path) -> (status, content type, body bytes)
         self.listeners = []
+        self.private = set()  # the listeners only this user and root may use: the control socket
         self.clients = []
         self.control_files = ()
 
     # -- opening -----------------------------------------------------------------
 
     def open_control_socket(self, project):
+        """The socket preforkstatus asks, in this user's private directory; Untrusted when it is not private.
+
+        The server then runs without one (the caller warns): refusing to start
+        would let any local user stop it by making the directory first.
+        """
         directory = runtime_dir()
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        info = os.lstat(directory)
-        if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(directory):
-            # Someone else's, or open to others: a socket there could be replaced by theirs.
-            raise PermissionError(f"{directory} is not a private directory of this user")
+        try:
+            check_private(directory, os.getuid(), "directory")
+        except Untrusted as exc:
+            raise Untrusted(f"{exc}: another user could replace the control socket there, so the server opens "
+                            f"none and preforkstatus will not find it. Remove the directory (as root: "
+                            f"rm -r {directory}) and restart, or set XDG_RUNTIME_DIR to a directory only "
+                            f"this user can write.") from None
         _remove_dead_entries(directory)
         sock_path, info_path = control_paths(os.getpid(), directory)
         for stale in (sock_path, info_path):  # a pid reused after a crash
@@ -127,7 +182,8 @@ class StatusChannel:
             sock.bind(sock_path)
         finally:
             os.umask(old_umask)
-        self._listen(sock)
+        check_private(sock_path, os.getuid(), "socket")  # what preforkstatus will check too
+        self._listen(sock, private=True)
         with open(info_path + ".tmp", "w") as f:
             json.dump({"pid": os.getpid(), "project": project, "socket": sock_path}, f)
         os.replace(info_path + ".tmp", info_path)
@@ -162,11 +218,26 @@ class StatusChannel:
         self._listen(sock)
         return sock
 
-    def _listen(self, sock):
+    def _listen(self, sock, private=False):
+        """Listen on `sock`; a `private` one only answers this user and root (see `_trusted`)."""
         sock.listen(64)
         sock.setblocking(False)
         sock.set_inheritable(False)  # generations and workers have no business with it
         self.listeners.append(sock)
+        if private:
+            self.private.add(sock)
+
+    def _trusted(self, conn):
+        """Whether a client of a private socket is this user or root, as the kernel says (SO_PEERCRED).
+
+        The directory's mode already keeps others out; this holds should it
+        ever be opened (a chmod by hand, a copied tree), at no cost.
+        """
+        uid = peer_uid(conn)
+        if uid in (None, os.getuid(), 0):
+            return True
+        log.warning("status channel: refused a client of uid %d on the control socket", uid)
+        return False
 
     def close(self):
         for client in list(self.clients):
@@ -174,6 +245,7 @@ class StatusChannel:
         for sock in self.listeners:
             sock.close()
         self.listeners = []
+        self.private = set()
         for path in self.control_files:
             try:
                 os.unlink(path)
@@ -222,6 +294,9 @@ class StatusChannel:
                     if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED):
                         break
                     raise
+                if sock in self.private and not self._trusted(conn):
+                    conn.close()
+                    continue
                 conn.setblocking(False)
                 self.clients.append(Client(conn))
 

@@ -7,11 +7,13 @@ what the master says while workers are busy, die, recycle and reload.
 import contextlib
 import json
 import os
+import shutil
 import signal
-import stat
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -473,12 +475,70 @@ def test_the_runtime_dir(monkeypatch, xdg, expected):
     assert status.runtime_dir() == expected
 
 
-def test_a_control_directory_open_to_others_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode, owner, why", [
+    (0o755, None, "has mode 0755"),  # another user could swap the socket for theirs
+    (0o700, 65534, "belongs to uid 65534"),  # made first by another user in the shared /tmp
+    (0o700, "symlink", "not a directory but a symlink"),  # pointing to a directory of the attacker's choosing
+])
+def test_a_control_directory_not_private_to_this_user_is_refused(tmp_path, monkeypatch, mode, owner, why):
+    if owner == 65534 and os.getuid() != 0:
+        pytest.skip("making a directory of another uid takes root")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    (tmp_path / "django-prefork").mkdir(mode=0o755)
-    os.chmod(tmp_path / "django-prefork", 0o755)  # another user could swap the socket for theirs
-    with pytest.raises(PermissionError):
-        status.StatusChannel(render).open_control_socket("tests@/x")
+    directory = tmp_path / "django-prefork"
+    if owner == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        directory.symlink_to(tmp_path / "elsewhere")
+    else:
+        directory.mkdir()
+        os.chmod(directory, mode)
+        if owner is not None:
+            os.chown(directory, owner, -1)
+    channel = status.StatusChannel(render)
+    with pytest.raises(status.Untrusted, match=why) as refused:
+        channel.open_control_socket("tests@/x")
+    assert "Remove the directory" in str(refused.value) and "XDG_RUNTIME_DIR" in str(refused.value)
+    assert channel.listeners == [] and os.listdir(tmp_path / "elsewhere" if owner == "symlink" else directory) == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="a client of another uid takes root")
+def test_the_control_socket_answers_only_its_user_and_root(tmp_path):
+    # The directory's mode keeps other users out; were it opened, the kernel's word on who
+    # connected (SO_PEERCRED) still would. Here the socket is open to all, to let nobody try.
+    channel = status.StatusChannel(render)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = tempfile.mkdtemp(dir="/tmp") + "/control.sock"
+    os.chmod(os.path.dirname(path), 0o755)
+    sock.bind(path)
+    os.chmod(path, 0o777)
+    channel._listen(sock, private=True)
+    answers_r, answers_w = os.pipe()
+
+    def ask():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(5)
+            client.connect(path)
+            client.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            os.write(answers_w, receive_all(client)[:12] or b"closed")
+
+    try:
+        for uid, answer in [(65534, b"closed"), (0, b"HTTP/1.1 200")]:  # nobody: dropped unanswered; root: served
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.setgid(uid)
+                    os.setuid(uid)
+                    ask()
+                finally:
+                    os._exit(0)
+            wait_until(lambda: channel.serve() or select.select([answers_r], [], [], 0)[0],
+                       message=f"uid {uid}'s connection settled")
+            assert os.read(answers_r, 100) == answer
+            os.waitpid(pid, 0)
+    finally:
+        channel.close()
+        shutil.rmtree(os.path.dirname(path))
+        os.close(answers_r)
+        os.close(answers_w)
 
 
 def test_dead_masters_control_files_are_removed(tmp_path, monkeypatch):
