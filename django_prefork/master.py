@@ -41,7 +41,7 @@ from .arbiter import GenerationSpec, run_generation
 from .metrics import document, exposition, prometheus_available
 from .scoreboard import Scoreboard
 from .signals import close_wakeup_pipe
-from .status import StatusChannel
+from .status import Offload, StatusChannel
 from .supervisor import HALT_STATUS, HaltServer, Supervisor, kill_quietly
 from .terminal import Terminal
 
@@ -249,7 +249,8 @@ class Master(Supervisor):
                 return 501, "text/plain; charset=utf-8", b"pip install 'django-prefork[metrics]' for /metrics\n"
             from prometheus_client import CONTENT_TYPE_LATEST
 
-            return 200, CONTENT_TYPE_LATEST, exposition(snapshot.take(self))
+            # Rendered in a child, off this loop: the app's registry may take seconds (status.Offload).
+            return Offload("/metrics", CONTENT_TYPE_LATEST, lambda: exposition(snapshot.take(self)))
         return 404, "text/plain; charset=utf-8", b"/metrics, /healthz or /status\n"
 
     # -- generations -----------------------------------------------------------

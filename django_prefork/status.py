@@ -17,17 +17,29 @@ The master runs no thread, so the channel is served from its select loop:
 every socket is non-blocking, a client gets `CLIENT_DEADLINE` seconds to
 send its request head, the answer is written as the socket takes it, and nothing a
 client does (connect and say nothing, send garbage, never read) can make
-the master wait. A malformed request gets 400 and the channel goes on. Up
-to `MAX_CLIENTS` clients are served side by side; past that many, a new
+the master wait. A malformed request gets 400 and the channel goes on.
+Up to `MAX_CLIENTS` clients are served side by side; past that many, a new
 connection takes the place of the oldest one that has not sent its request
-yet, so connections that say nothing delay nobody (a liveness probe least
-of all), however many there are.
+yet (read once more first: its request may be waiting in the socket), so
+connections that say nothing delay nobody (a liveness probe least of all),
+however many there are.
+
+An answer that costs real time, /metrics with the app's multiprocess
+registry (thousands of series: 100 ms and more to aggregate), is never
+computed in the loop: `render` returns an `Offload`, and the channel forks a
+child that produces it and writes it back on a pipe the loop reads as it
+comes, so /healthz and signals wait on nothing. One child per kind of answer
+at a time: scrapes that arrive while it works wait for its answer and share
+it (at most one render old), so a flood of scrapes costs one core at most,
+never a fork each. No thread: the master forks generations, and a fork taken
+while a thread holds a lock leaves the child a lock nobody releases.
 """
 
 import errno
 import json
 import logging
 import os
+import signal
 import socket
 import stat
 import struct
@@ -39,11 +51,14 @@ import httptools
 from . import __version__
 from .http import HTTPError, Limits, Request, _feed, reason_phrase
 from .sockets import remove_stale_unix_socket
+from .supervisor import kill_quietly
 
 log = logging.getLogger("django_prefork")
 
 CLIENT_DEADLINE = 2.0  # seconds a status client has to send its request head and read the answer
-MAX_CLIENTS = 16
+MAX_CLIENTS = 16  # being read or written; those waiting on an Offload are counted apart
+RENDER_DEADLINE = 10.0  # seconds an Offload's child may take (Prometheus' default scrape timeout)
+MAX_WAITING = 32  # clients waiting on Offloads; past it a scrape is answered 503 at once
 HEAD_LIMIT = 8192
 
 
@@ -129,6 +144,30 @@ def _remove_dead_entries(directory):
             pass
 
 
+class Offload:
+    """An answer too costly for the master's loop: `produce()`, run in a forked child, returns its body.
+
+    Requests with the same `key` share the child at work, and its answer.
+    """
+
+    def __init__(self, key, content_type, produce):
+        self.key = key
+        self.content_type = content_type
+        self.produce = produce
+
+
+class Render:
+    """An Offload's child at work: its pid, the pipe its answer comes on, the clients waiting for it."""
+
+    def __init__(self, offload, pid, fd):
+        self.offload = offload
+        self.pid = pid
+        self.fd = fd
+        self.chunks = []
+        self.clients = []
+        self.deadline = time.monotonic() + RENDER_DEADLINE
+
+
 class Client:
     """One status request in progress."""
 
@@ -139,7 +178,12 @@ class Client:
         self.request = Request(Limits(1024, 32, 1024))
         self.request.parser = httptools.HttpRequestParser(self.request)
         self.received = 0
+        self.render = None  # the Render whose answer it waits for
         self.out = None  # the answer, once known; what is left of it to send
+
+    @property
+    def reading(self):
+        return self.out is None and self.render is None
 
 
 class StatusChannel:
@@ -150,6 +194,7 @@ class StatusChannel:
         self.listeners = []
         self.private = set()  # the listeners only this user and root may use: the control socket
         self.clients = []
+        self.renders = {}  # Offload key -> the Render at work
         self.control_files = ()
 
     # -- opening -----------------------------------------------------------------
@@ -240,6 +285,9 @@ class StatusChannel:
         return False
 
     def close(self):
+        for render in list(self.renders.values()):
+            kill_quietly(render.pid, signal.SIGKILL)
+            self._finish(render, None)
         for client in list(self.clients):
             self._drop(client)
         for sock in self.listeners:
@@ -255,36 +303,43 @@ class StatusChannel:
     # -- the select loop's side ------------------------------------------------------
 
     def read_fds(self):
-        waiting = [c.conn for c in self.clients if c.out is None]
-        return waiting + (self.listeners if len(self.clients) < MAX_CLIENTS or waiting else [])
+        reading = [c.conn for c in self.clients if c.reading]
+        room = self._held() < MAX_CLIENTS or reading  # a reading client can be evicted to make room
+        return reading + [r.fd for r in self.renders.values()] + (self.listeners if room else [])
 
     def write_fds(self):
         return [c.conn for c in self.clients if c.out is not None]
 
     def timeout(self):
-        """Seconds until the first client in hand runs out of time; None without one."""
-        if not self.clients:
+        """Seconds until the first client or render in hand runs out of time; None without one."""
+        deadlines = [c.deadline for c in self.clients] + [r.deadline for r in self.renders.values()]
+        if not deadlines:
             return None
-        return max(0.0, min(c.deadline for c in self.clients) - time.monotonic())
+        return max(0.0, min(deadlines) - time.monotonic())
 
     def serve(self):
         """Do whatever can be done now without waiting; called on every turn of the master's loop."""
+        self._collect()
         self._accept()
         now = time.monotonic()
         for client in list(self.clients):
             if now > client.deadline:
                 self._drop(client)
                 continue
-            if client.out is None:
+            if client.reading:
                 self._read(client)
             if client.out is not None and client in self.clients:
                 self._write(client)
+
+    def _held(self):
+        """Clients counted against MAX_CLIENTS: those being read or written."""
+        return sum(1 for c in self.clients if c.render is None)
 
     def _accept(self):
         turn = time.monotonic()
         for sock in self.listeners:
             for _ in range(MAX_CLIENTS):  # a flood of connections cannot keep the loop here
-                if len(self.clients) >= MAX_CLIENTS and not self._evict_oldest_silent(turn):
+                if self._held() >= MAX_CLIENTS and not self._evict_oldest_silent(turn):
                     return
                 try:
                     conn, _ = sock.accept()
@@ -308,11 +363,15 @@ class StatusChannel:
         turn, gets through however many there are.
         """
         # Not one accepted this turn: it has not had its chance to be read.
-        silent = next((c for c in self.clients if c.out is None and c.accepted < turn), None)
-        if silent is None:
-            return False
-        self._drop(silent)
-        return True
+        for client in [c for c in self.clients if c.reading and c.accepted < turn]:
+            # Read it first: a probe's request may have arrived since its last read.
+            self._read(client)
+            if client not in self.clients:
+                return True  # it hung up: room made
+            if client.reading:
+                self._drop(client)
+                return True
+        return False
 
     def _read(self, client):
         try:
@@ -334,12 +393,19 @@ class StatusChannel:
                 return
             path = client.request.target.split(b"?", 1)[0].decode("latin-1")
             method = client.request.method.decode("latin-1")
-            status, content_type, body = self.render(method, path)
+            answer = self.render(method, path)
+            if isinstance(answer, Offload):
+                self._wait_for(client, answer)
+                return
+            status, content_type, body = answer
         except HTTPError as exc:
             status, content_type, body = exc.status, "text/plain; charset=utf-8", f"{exc.reason}\n".encode()
         except Exception as exc:  # a bug in rendering must not take the master down
             log.exception("status channel: answering %r failed", exc)
             status, content_type, body = 500, "text/plain; charset=utf-8", b"Internal Server Error\n"
+        self._answer(client, status, content_type, body)
+
+    def _answer(self, client, status, content_type, body):
         head = (f"HTTP/1.1 {status} {reason_phrase(status)}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nServer: django-prefork/{__version__}\r\n"
                 f"Cache-Control: no-store\r\nConnection: close\r\n\r\n")
@@ -359,6 +425,107 @@ class StatusChannel:
 
     def _drop(self, client):
         self.clients.remove(client)
+        if client.render is not None:
+            client.render.clients.remove(client)
         client.conn.close()
+
+    # -- answers made in a child ---------------------------------------------------
+
+    def _wait_for(self, client, offload):
+        """Have `client` wait for the child at work on `offload`, starting one if none is."""
+        if sum(len(r.clients) for r in self.renders.values()) >= MAX_WAITING:
+            self._answer(client, 503, "text/plain; charset=utf-8", b"Too many requests waiting; try again\n")
+            return
+        render = self.renders.get(offload.key)
+        if render is None:
+            try:
+                render = self.renders[offload.key] = self._start(offload)
+            except OSError as exc:  # no fork to be had (EAGAIN, ENOMEM): say so, and go on
+                log.error("status channel: cannot start a child to answer %s: %s", offload.key, exc)
+                self._answer(client, 503, "text/plain; charset=utf-8", b"Cannot answer now; try again\n")
+                return
+        client.render = render
+        client.deadline = render.deadline + CLIENT_DEADLINE  # and then the time to read the answer
+        render.clients.append(client)
+
+    def _start(self, offload):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: produce, write, exit; nothing of the master's runs here
+            code = 1
+            try:
+                os.close(read_end)
+                self._leave_to_the_master()
+                body = memoryview(offload.produce())
+                while body:
+                    body = body[os.write(write_end, body):]
+                code = 0
+            except BaseException:
+                log.exception("status channel: producing %s failed", offload.key)
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        return Render(offload, pid, read_end)
+
+    def _leave_to_the_master(self):
+        """In an Offload's child: drop what is the master's, so the child only produces.
+
+        Its copies of the clients' sockets would hold them open after the
+        master closed them; signals go back to their defaults, so that a
+        Ctrl-C ends it, and so that nothing it receives wakes the master's loop
+        through the inherited wakeup pipe.
+        """
+        signal.set_wakeup_fd(-1)
+        for sig in signal.valid_signals():
+            try:
+                if callable(signal.getsignal(sig)):
+                    signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        for client in self.clients:
+            client.conn.close()
+        for sock in self.listeners:
+            sock.close()
+
+    def _collect(self):
+        """Read what the children at work have written; answer the clients of those done or late."""
+        for render in list(self.renders.values()):
+            while True:
+                try:
+                    chunk = os.read(render.fd, 1 << 20)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if not chunk:
+                    self._finish(render, b"".join(render.chunks))
+                    break
+                render.chunks.append(chunk)
+            if render.offload.key in self.renders and time.monotonic() > render.deadline:
+                log.error("status channel: %s took longer than %.0f s; killed", render.offload.key, RENDER_DEADLINE)
+                kill_quietly(render.pid, signal.SIGKILL)
+                self._finish(render, None)
+
+    def _finish(self, render, body):
+        """The child is done (`body`: everything it wrote) or given up (None): answer its clients.
+
+        The master's loop reaps children of every kind (waitpid(-1)); a
+        channel on its own reaps its child here if it has exited already.
+        """
+        del self.renders[render.offload.key]
+        os.close(render.fd)
+        try:
+            os.waitpid(render.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass  # the master reaped it first
+        for client in list(render.clients):
+            client.render = None
+            client.deadline = time.monotonic() + CLIENT_DEADLINE
+            if body:  # an answer is never empty: empty is a child that failed (its traceback is logged)
+                self._answer(client, 200, render.offload.content_type, body)
+            elif body is None:
+                self._answer(client, 503, "text/plain; charset=utf-8", b"Took too long; try again\n")
+            else:
+                self._answer(client, 500, "text/plain; charset=utf-8", b"Internal Server Error\n")
+        render.clients.clear()
 
 

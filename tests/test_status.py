@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -456,8 +457,10 @@ def test_what_the_master_renders(monkeypatch, method, path, healthy, code):
 
 def test_the_master_renders_metrics_from_the_snapshot(monkeypatch):
     monkeypatch.setattr(master_module.snapshot, "take", lambda master: hand_snapshot())
-    code, content_type, body = master_module.Master.render_status(SimpleNamespace(), "GET", "/metrics")
-    assert code == 200 and content_type.startswith("text/plain")
+    answer = master_module.Master.render_status(SimpleNamespace(), "GET", "/metrics")
+    assert isinstance(answer, status.Offload)  # produced in a child, off the master's loop
+    content_type, body = answer.content_type, answer.produce()
+    assert content_type.startswith("text/plain")
     found = {f.name: f for f in text_string_to_metric_families(body.decode())}
     assert found["prefork_workers_busy"].samples[0].value == 1
 
@@ -581,3 +584,142 @@ def test_the_metrics_socket_mode_is_a_setting_the_environment_can_give(serve, tm
     path = tmp_path / "metrics.sock"
     serve(settings={"PREFORK_METRICS": f"unix:{path}"}, env={"PREFORK_METRICS_SOCKET_MODE": "640"})
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+APP_SERIES = """
+from prometheus_client import Counter, Histogram
+requests = Counter("app_requests", "Requests by view.", ["view"])
+latency = Histogram("app_latency_seconds", "Latency by view.", ["view"])
+for n in range(600):  # 600 counters + 600 histograms of 12 buckets and 2 sums: some 9,000 series
+    requests.labels(f"view{n}").inc(n)
+    latency.labels(f"view{n}").observe(n / 1000)
+"""
+
+
+def test_healthz_and_signals_stay_fast_however_long_metrics_takes(serve, tmp_path):
+    # The app's multiprocess metrics take the master a good 100 ms and more to aggregate and render
+    # here. /healthz and a HUP must not wait on that, however many scrapes come at once.
+    subprocess.run([sys.executable, "-c", APP_SERIES], env=dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)),
+                   check=True)
+    server = start(serve, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    samples = metrics(server)
+    assert samples["app_requests_total,view=view599"] == 599  # the app's series are all there
+    stop = threading.Event()
+    scraped = []
+
+    def scrape():
+        while not stop.is_set():
+            status, body = fetch(server, "/metrics", timeout=30)
+            scraped.append(status == 200 and b"view599" in body)
+
+    scrapers = [threading.Thread(target=scrape) for _ in range(8)]
+    for thread in scrapers:
+        thread.start()
+    try:
+        waits = []
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            waits.append(_timed(fetch, server, "/healthz"))
+            time.sleep(0.05)
+        hup_at = time.monotonic()
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_for("starting generation 2", timeout=10)
+        hup_wait = time.monotonic() - hup_at
+    finally:
+        stop.set()
+        for thread in scrapers:
+            thread.join(30)
+    assert len(scraped) >= 8 and all(scraped), "every scrape answered in full"
+    assert max(waits) < 0.2, f"/healthz took up to {max(waits):.3f} s while /metrics was scraped"
+    assert hup_wait < 0.5, f"a HUP waited {hup_wait:.3f} s"
+
+
+def offloading(produce):
+    """A render that offloads /slow to `produce` and answers the rest in the loop."""
+    def render_with(method, path):
+        if path == "/slow":
+            return status.Offload("/slow", "text/plain; charset=utf-8", produce)
+        return render(method, path)
+    return render_with
+
+
+def _pid_after(seconds):
+    time.sleep(seconds)
+    return b"rendered by %d\n" % os.getpid()
+
+
+def _fails():
+    raise RuntimeError("a bug in producing")
+
+
+def _bytes(n):
+    return b"x" * n
+
+
+@pytest.mark.parametrize("produce, request_bytes, deadline, status_line, body", [
+    (lambda: _pid_after(0.3), b"GET /slow HTTP/1.1\r\n\r\n", 10, b"HTTP/1.1 200 OK", b"rendered by "),
+    (_fails, b"GET /slow HTTP/1.1\r\n\r\n", 10, b"HTTP/1.1 500 ", b"Internal Server Error\n"),  # logged, never the master down
+    (lambda: _pid_after(30), b"GET /slow HTTP/1.1\r\n\r\n", 0.5, b"HTTP/1.1 503 ", b"Took too long; try again\n"),  # killed
+    (lambda: _bytes(100_000), b"GET /slow HTTP/1.1\r\n\r\n", 10, b"HTTP/1.1 200 OK", b"x" * 100_000),  # > a pipe's 64 KiB
+    (lambda: _pid_after(0), b"HEAD /slow HTTP/1.1\r\n\r\n", 10, b"HTTP/1.1 200 OK", b""),
+], ids=["answer", "failure", "too-slow", "larger-than-a-pipe", "head"])
+def test_an_offloaded_answer(monkeypatch, produce, request_bytes, deadline, status_line, body):
+    monkeypatch.setattr(status, "RENDER_DEADLINE", deadline)
+    response = exchange(request_bytes, render=offloading(produce))
+    head, _, got = response.partition(b"\r\n\r\n")
+    assert head.startswith(status_line), response[:200]
+    assert got.startswith(body) if body.startswith(b"rendered") else got == body
+
+
+def test_the_loop_answers_while_a_child_renders_and_the_waiters_share_one_child():
+    channel = status.StatusChannel(offloading(lambda: _pid_after(1.0)))
+    sock = channel.open_metrics("127.0.0.1:0")
+    address = sock.getsockname()
+    scrapes = [socket.create_connection(address, timeout=5) for _ in range(3)]
+    try:
+        for conn in scrapes:
+            conn.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(lambda: channel.serve() or sum(len(r.clients) for r in channel.renders.values()) == 3,
+                   message="three scrapes waiting on one child")
+        assert len(channel.renders) == 1
+        started = time.monotonic()
+        with socket.create_connection(address, timeout=5) as probe:
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_until(lambda: channel.serve() or select.select([probe], [], [], 0)[0], message="the probe answered")
+            assert receive_all(probe).startswith(b"HTTP/1.1 200 OK")
+        assert time.monotonic() - started < 0.5 and channel.renders, "answered while the child still renders"
+        wait_until(lambda: channel.serve() or not channel.clients, message="the scrapes answered")
+        bodies = {receive_all(conn).partition(b"\r\n\r\n")[2] for conn in scrapes}
+        assert len(bodies) == 1 and bodies.pop().startswith(b"rendered by ")  # one child's answer, for all three
+    finally:
+        for conn in scrapes:
+            conn.close()
+        channel.close()
+
+
+def test_a_client_whose_request_is_already_buffered_is_never_evicted():
+    # Under a connect flood the channel makes room by evicting a client that has said nothing.
+    # One whose request arrived after its last read has said it: it must be read, not reset.
+    channel = status.StatusChannel(render)
+    sock = channel.open_metrics("127.0.0.1:0")
+    address = sock.getsockname()
+    first = [socket.create_connection(address, timeout=5) for _ in range(status.MAX_CLIENTS)]
+    try:
+        wait_until(lambda: channel.serve() or len(channel.clients) == status.MAX_CLIENTS,
+                   message="every connection accepted before it spoke")
+        for conn in first:  # they speak now: in the socket, not yet read by the channel
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        flood = [socket.create_connection(address, timeout=5) for _ in range(status.MAX_CLIENTS)]
+        for conn in flood:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)  # everything is in the kernel's buffers before the next turn
+        everyone = first + flood
+        answers = []
+        for conn in everyone:
+            wait_until(lambda: channel.serve() or select.select([conn], [], [], 0)[0], message="an answer")
+            answers.append(receive_all(conn)[:15])
+        assert answers == [b"HTTP/1.1 200 OK"] * len(everyone)
+    finally:
+        for conn in first + flood:
+            conn.close()
+        channel.close()
