@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import threading
+import time
 
 import pytest
 from django.core.management.base import CommandError
@@ -13,7 +14,7 @@ from django_prefork.metrics import document
 from django_prefork.scoreboard import Counters
 from django_prefork.status import control_paths, project_id
 
-from .helpers import hand_snapshot, wait_until
+from .helpers import forked_as, hand_snapshot, wait_until
 
 
 def test_the_table_from_a_document():
@@ -207,19 +208,6 @@ def test_a_control_directory_or_socket_not_private_to_the_user_is_refused(
         listener.close()
 
 
-def _as_nobody(work):
-    """Fork a child that becomes nobody and runs `work()`; its pid."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            work()
-        finally:
-            os._exit(0)
-    return pid
-
-
 @as_root
 def test_a_server_socket_answered_by_another_uid_is_refused(runtime):
     # Files as the real master makes them, root's and private; but the process listening on the
@@ -241,7 +229,7 @@ def test_a_server_socket_answered_by_another_uid_is_refused(runtime):
         conn.sendall(forged)
         conn.close()
 
-    child = _as_nobody(serve)
+    child = forked_as(NOBODY, serve)
     listener.close()
     assert os.read(listening_r, 1) == b"L"
     os.close(listening_r)
@@ -269,7 +257,7 @@ def test_root_finds_the_server_of_the_app_user(tmp_path, monkeypatch):
     assert preforkstatus.Command().find_master(None, None) == (
         alive, str(tmp_path / f"django-prefork-{NOBODY}"), NOBODY)
 
-    sleeper = _as_nobody(lambda: __import__("time").sleep(30))  # --pid: the directory of the uid it runs as
+    sleeper = forked_as(NOBODY, lambda: time.sleep(30))  # --pid: the directory of the uid it runs as
     try:
         wait_until(lambda: preforkstatus.owner_of(sleeper) == NOBODY, message="the child to become nobody")
         assert preforkstatus.Command().find_master(sleeper, None) == (

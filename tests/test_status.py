@@ -22,7 +22,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .helpers import REPO, alive, metrics_url, receive_all, wait_until
+from .helpers import REPO, alive, forked_as, metrics_url, receive_all, wait_until
 
 RAW_APPS = "tests.fixtureapp.rawapps.application"
 
@@ -525,14 +525,7 @@ def test_the_control_socket_answers_only_its_user_and_root(tmp_path):
 
     try:
         for uid, answer in [(65534, b"closed"), (0, b"HTTP/1.1 200")]:  # nobody: dropped unanswered; root: served
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    os.setgid(uid)
-                    os.setuid(uid)
-                    ask()
-                finally:
-                    os._exit(0)
+            pid = forked_as(uid, ask)
             wait_until(lambda: channel.serve() or select.select([answers_r], [], [], 0)[0],
                        message=f"uid {uid}'s connection settled")
             assert os.read(answers_r, 100) == answer
@@ -656,19 +649,25 @@ def _bytes(n):
     return b"x" * n
 
 
+GET_SLOW = b"GET /slow HTTP/1.1\r\n\r\n"
+
+
 @pytest.mark.parametrize("produce, request_bytes, deadline, status_line, body", [
-    (lambda: _pid_after(0.3), b"GET /slow HTTP/1.1\r\n\r\n", 10, b"HTTP/1.1 200 OK", b"rendered by "),
-    (_fails, b"GET /slow HTTP/1.1\r\n\r\n", 10, b"HTTP/1.1 500 ", b"Internal Server Error\n"),  # logged, never the master down
-    (lambda: _pid_after(30), b"GET /slow HTTP/1.1\r\n\r\n", 0.5, b"HTTP/1.1 503 ", b"Took too long; try again\n"),  # killed
-    (lambda: _bytes(100_000), b"GET /slow HTTP/1.1\r\n\r\n", 10, b"HTTP/1.1 200 OK", b"x" * 100_000),  # > a pipe's 64 KiB
-    (lambda: _pid_after(0), b"HEAD /slow HTTP/1.1\r\n\r\n", 10, b"HTTP/1.1 200 OK", b""),
+    (lambda: _pid_after(0.3), GET_SLOW, 10, b"HTTP/1.1 200 OK", b"rendered by "),  # by a child, not us
+    (_fails, GET_SLOW, 10, b"HTTP/1.1 500 ", b"Internal Server Error\n"),  # logged, never the master down
+    (lambda: _pid_after(30), GET_SLOW, 0.5, b"HTTP/1.1 503 ", b"Took too long; try again\n"),  # killed
+    (lambda: _bytes(100_000), GET_SLOW, 10, b"HTTP/1.1 200 OK", b"x" * 100_000),  # > a pipe's 64 KiB
+    (lambda: _pid_after(0), b"HEAD /slow HTTP/1.1\r\n\r\n", 10, b"HTTP/1.1 200 OK", b""),  # the head only, as in the loop
 ], ids=["answer", "failure", "too-slow", "larger-than-a-pipe", "head"])
 def test_an_offloaded_answer(monkeypatch, produce, request_bytes, deadline, status_line, body):
     monkeypatch.setattr(status, "RENDER_DEADLINE", deadline)
     response = exchange(request_bytes, render=offloading(produce))
     head, _, got = response.partition(b"\r\n\r\n")
     assert head.startswith(status_line), response[:200]
-    assert got.startswith(body) if body.startswith(b"rendered") else got == body
+    if body.startswith(b"rendered by "):
+        assert got.startswith(body) and int(got.split()[-1]) != os.getpid()
+    else:
+        assert got == body
 
 
 def test_the_loop_answers_while_a_child_renders_and_the_waiters_share_one_child():
