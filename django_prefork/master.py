@@ -119,7 +119,7 @@ class Master(Supervisor):
         slots = max(64, 4 * max(config.workers, getattr(config, "max_workers", 0) or 0))
         self.scoreboard = Scoreboard.create(config.worker_tmp_dir, slots)
         self.lifetime = snapshot.Lifetime(self.scoreboard)
-        self.status = StatusChannel(self.render_status)
+        self.status = StatusChannel(self.render_status, reap=False)  # the loop reaps every child
         self.project = None  # set by the command: which project this server serves, for preforkstatus
         self.overrides, self.environment = {}, {}  # set by the command: its PREFORK_* flags and variables
 

@@ -189,8 +189,11 @@ class Client:
 class StatusChannel:
     """The master's listening sockets for status, and the one client being served."""
 
-    def __init__(self, render):
-        self.render = render  # (method, path) -> (status, content type, body bytes)
+    def __init__(self, render, reap=True):
+        self.render = render  # (method, path) -> (status, content type, body bytes), or an Offload
+        # Whether to reap Offloads' children: not in the master, whose loop reaps every child
+        # (waitpid(-1)), so that no waitpid here could ever take another child's exit.
+        self.reap = reap
         self.listeners = []
         self.private = set()  # the listeners only this user and root may use: the control socket
         self.clients = []
@@ -506,17 +509,11 @@ class StatusChannel:
                 self._finish(render, None)
 
     def _finish(self, render, body):
-        """The child is done (`body`: everything it wrote) or given up (None): answer its clients.
-
-        The master's loop reaps children of every kind (waitpid(-1)); a
-        channel on its own reaps its child here if it has exited already.
-        """
+        """The child is done (`body`: everything it wrote) or given up (None, killed): answer its clients."""
         del self.renders[render.offload.key]
         os.close(render.fd)
-        try:
-            os.waitpid(render.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass  # the master reaped it first
+        if self.reap:
+            os.waitpid(render.pid, 0)  # exiting: its pipe closes only as it exits, or it was SIGKILLed
         for client in list(render.clients):
             client.render = None
             client.deadline = time.monotonic() + CLIENT_DEADLINE
