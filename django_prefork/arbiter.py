@@ -22,6 +22,7 @@ import dataclasses
 import gc
 import json
 import logging
+import mmap
 import os
 import random
 import signal
@@ -33,8 +34,9 @@ from .heartbeat import Heartbeat
 from .lifecycle import BOOT_RETRY_WAIT, KILL_AFTER_ABORT, STARVED_AFTER
 from .capacity import LOOK_EVERY, Scaler, mem_available
 from .memory import read_memory
+from .procfs import read_process
 from .scoreboard import Scoreboard
-from .signals import close_wakeup_pipe, die_with_parent
+from .signals import close_wakeup_pipe, die_with_parent, flush_std_streams
 from .sockets import Listener, waiting_connections
 from .supervisor import HaltServer, Supervisor, kill_quietly
 from .terminal import Terminal
@@ -144,7 +146,7 @@ class Arbiter(Supervisor):
         self.scoreboard = None  # the master's, shared; this generation writes only its block
         self.block = None
         self.memory_read_at = 0.0
-        self.scaler = Scaler(config.workers, config.max_workers)
+        self.scaler = Scaler(config.workers, config.max_workers, config.threads)
         self.looked_at = 0.0
         self.short_of_memory_said = 0.0
         self.lot = None  # the workers' hand-off sockets (reactor.handoff_lot); None without keep-alive
@@ -224,12 +226,12 @@ class Arbiter(Supervisor):
         serving = [w for w in self.workers.values() if not w.retiring and w.ready]
         if len(serving) < self.worker_count:
             return  # still booting the last change: judge the full count
-        busy = sum(1 for w in serving if w.heartbeat.current_request() is not None or w.heartbeat.debugging())
+        busy = sum(len(w.heartbeat.busy_records()) for w in serving)  # busy app threads, of count × threads
         queued = waiting_connections(self.listeners)
         if self.scoreboard is not None:
             # Complete requests a busy worker's event loop holds wait too; a head still coming is no demand.
             queued = (queued or 0) + self.scoreboard.waiting_requests(self.block)
-        self.scaler.look(now, busy, len(serving), queued)
+        self.scaler.look(now, busy, len(serving) * self.config.threads, queued)
         delta, why = self.scaler.decide(now, self.worker_count, self.room_for_one_more())
         if delta == 0:
             if why == "memory" and now - self.short_of_memory_said > 60:
@@ -265,6 +267,8 @@ class Arbiter(Supervisor):
     def prepare_to_fork(self):
         # A connection opened by the arbiter (checks, migrations, preload) must
         # not be shared by the children: they would interleave on one socket.
+        # Nor may a buffered line: each child would print it again.
+        flush_std_streams()
         from django.db import connections
 
         for conn in connections.all(initialized_only=True):
@@ -278,7 +282,7 @@ class Arbiter(Supervisor):
     def spawn_worker(self, number):
         slot = self.take_slot(number)
         record = self.scoreboard.heartbeat_record(self.block, slot) if slot is not None else None
-        beat = Heartbeat(self.config.worker_tmp_dir, record)
+        beat = Heartbeat(self.config.worker_tmp_dir, record, self.thread_pages(slot))
         max_requests = self.config.max_requests
         if max_requests:
             max_requests += random.randint(0, self.config.max_requests_jitter)
@@ -293,6 +297,13 @@ class Arbiter(Supervisor):
             self.scoreboard.set_pid(self.block, slot, pid)
         self.workers[pid] = WorkerProcess(pid, number, beat, slot)
         log.debug("booting worker %d (pid %d)", number, pid)
+
+    def thread_pages(self, slot):
+        """A record for each app thread past the first: in the worker's scoreboard slot, else
+        pages of its own (shared across the fork: the worker writes, we read)."""
+        extra = self.config.threads - 1
+        pages = self.scoreboard.thread_records(self.block, slot)[:extra] if slot is not None else []
+        return pages + [mmap.mmap(-1, mmap.PAGESIZE) for _ in range(extra - len(pages))]
 
     def take_slot(self, number):
         """A free scoreboard slot for a worker about to be forked, marked booting; None if full."""
@@ -316,6 +327,7 @@ class Arbiter(Supervisor):
         writer = self.scoreboard.writer(self.block, slot, beat.end_request) if slot is not None else None
         worker = SyncWorker(number, ppid, self.listeners, beat, self.config, self.load_app, max_requests, writer,
                             self.lot)
+        worker.generation = self.generation
         worker.run()  # never returns
 
     def notice_booted_workers(self):
@@ -422,7 +434,7 @@ class Arbiter(Supervisor):
                 kill_quietly(w.pid, signal.SIGABRT)
 
     def measure_workers(self):
-        """Each worker's RSS and USS, about once a second: to the scoreboard, and against the limit."""
+        """Each worker's RSS and USS (against the limit), CPU time and open fds, about once a second, to the scoreboard."""
         now = time.monotonic()
         if now - self.memory_read_at < 1.0:
             return
@@ -434,6 +446,12 @@ class Arbiter(Supervisor):
                 continue
             if w.slot is not None:
                 self.scoreboard.set_memory(self.block, w.slot, *w.memory)
+                stat = read_process(w.pid)  # for process_* in /metrics
+                if stat is not None:
+                    self.scoreboard.set_process(self.block, w.slot, stat.cpu_seconds, stat.open_fds, stat.start_time)
+            if w.slot is not None and not w.retiring and self.scoreboard.asks_recycle(self.block, w.slot):
+                self.recycle(w, "one of its threads timed out", "timeout")
+                continue
             if limit and w.memory[1] > limit and not w.retiring and w.ready:
                 self.recycle(w, f"it uses {w.memory[1] / 1048576:.0f} MiB of its own (USS), past "
                                 f"PREFORK_MAX_WORKER_MEMORY {self.config.max_worker_memory} MiB", "memory")
@@ -455,3 +473,6 @@ class Arbiter(Supervisor):
         # A worker stuck or stopped while we wait for the others must not hold
         # its client for the whole grace period: the timeout still applies.
         self.murder_lazy_workers()
+
+    def held_by_debugger(self):
+        return any(w.heartbeat.debugging() for w in self.workers.values())

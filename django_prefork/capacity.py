@@ -80,9 +80,10 @@ def _plural(n, word):
 
 
 class Scaler:
-    def __init__(self, floor, ceiling):
+    def __init__(self, floor, ceiling, threads=1):
         self.floor = floor
         self.ceiling = max(ceiling, floor)
+        self.threads = threads  # app threads a worker: `busy` counts threads, `count` workers
         self.looks = deque()  # (when, busy, count, queued or None)
         self.last_change = float("-inf")
 
@@ -114,8 +115,9 @@ class Scaler:
             waiting = "" if queued_2 is None else f", {_plural(queued_2, 'connection')} waiting"
             return +1, f"{'the' if count == 1 else 'all'} {_plural(count, 'worker')} busy{waiting}"
         window_full = now - self.looks[0][0] >= DOWN_WINDOW - LOOK_EVERY
-        peak = max(b for _, b, _, _ in self.looks)
-        if window_full and count > max(self.floor, peak + 1):
+        peak = max(b for _, b, _, _ in self.looks)  # busy app threads
+        needed = -(-peak // self.threads)  # the workers those threads take
+        if window_full and count > max(self.floor, needed + 1):
             return -1, f"at most {peak} busy in the last {DOWN_WINDOW:.0f} s"
         return 0, ""
 

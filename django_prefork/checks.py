@@ -5,6 +5,8 @@ over settings.py), so a bad environment variable fails like a bad setting,
 its hint naming the variable.
 """
 
+import os
+
 from django.core import checks
 
 from . import conf
@@ -60,6 +62,24 @@ def _warnings(values):
                 id="prefork.W001",
             )
         )
+    timeout, client_timeout = values["PREFORK_TIMEOUT"], values["PREFORK_CLIENT_TIMEOUT"]
+    if 0 < timeout < client_timeout:
+        found.append(checks.Warning(
+            f"PREFORK_TIMEOUT ({timeout:g} s) is shorter than PREFORK_CLIENT_TIMEOUT ({client_timeout:g} s): "
+            "a client may stay silent longer than a whole request may run.",
+            hint="A connection waited on for PREFORK_CLIENT_TIMEOUT outlives the worker's timeout budget, "
+            "so slow clients are cut by the request's deadline, not the client timeout. Make PREFORK_TIMEOUT "
+            "the longer (the defaults: 30 and 10), or shorten PREFORK_CLIENT_TIMEOUT.",
+            id="prefork.W003",
+        ))
+    script_name = os.environ.get("SCRIPT_NAME", "")
+    if script_name and not script_name.startswith("/"):
+        found.append(checks.Warning(
+            f"SCRIPT_NAME in the environment is {script_name!r}; a path prefix starts with '/', so no "
+            "request's path is under it and every one is answered 404.",
+            hint=f"Set SCRIPT_NAME=/{script_name} to mount the app there, or unset it to serve at the root.",
+            id="prefork.W004",
+        ))
     return found
 
 

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 
 from django.conf import settings as django_settings
 
+from .cpus import default_workers
+
 
 def usable_cpus():
-    """CPUs this process may run on (its affinity mask), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # macOS has no sched_getaffinity
-        return os.cpu_count() or 1
+    """CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota (cpus.py)."""
+    return default_workers().count
 
 
 def default_tmp_dir():
@@ -81,16 +80,17 @@ def _optional(valid):
     return optional
 
 
-def _only_one_thread(value):
-    return value == 1 and _int(1)(value)
-
-
-# Threads per worker are the coming reactor's; until then the check says so.
-_only_one_thread.wants = "1 (only 1 is supported in this release; more threads per worker are coming)"
-_only_one_thread.parse, _only_one_thread.option = int, int
-
 BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True,
                  "false": False, "no": False, "off": False, "0": False}
+
+
+def _one_of(*choices):
+    def valid(value):
+        return value in choices
+
+    valid.wants = "one of " + ", ".join(repr(c) for c in choices)
+    valid.parse, valid.option = str, str
+    return valid
 
 
 def _bool(value):
@@ -195,7 +195,9 @@ class Setting:
 
 PREFIX = "PREFORK_"
 SETTINGS = (
-    Setting("PREFORK_WORKERS", "prefork.E001", usable_cpus, _int(1), "Worker processes.", ("-w", "--workers")),
+    Setting("PREFORK_WORKERS", "prefork.E001", usable_cpus, _int(1),
+            "Worker processes (default: the CPUs it may use, capped by the cgroup's CPU quota).",
+            ("-w", "--workers")),
     Setting("PREFORK_TIMEOUT", "prefork.E002", 30, _seconds(0, zero="never"),
             "Seconds a request may run (a worker stay silent) before it is killed; 0 = never.", ("--timeout",)),
     Setting("PREFORK_GRACEFUL_TIMEOUT", "prefork.E003", 30, _seconds(0, zero="never"),
@@ -224,15 +226,15 @@ SETTINGS = (
             "Bytes/s a request body must average once its first client timeout is spent; 0 = no minimum."),
     Setting("PREFORK_UNIX_SOCKET_MODE", "prefork.E017", 0o666, _socket_mode, "Mode of a unix socket it binds."),
     Setting("PREFORK_FORWARDED_ALLOW_IPS", "prefork.E018", ("127.0.0.1", "::1"), _peer_addresses,
-            "Peers whose X-Forwarded-Proto is trusted."),
+            "Peers whose X-Forwarded-Proto (-Ssl, -Protocol) is trusted."),
     Setting("PREFORK_METRICS", "prefork.E019", None, _metrics_address,
             "Where the master serves /metrics, /healthz and /status."),
     Setting("PREFORK_MAX_WORKERS", "prefork.E020", None, _optional(_int(1)),
             "Ceiling the arbiter scales workers up to (default: PREFORK_WORKERS, no scaling)."),
     Setting("PREFORK_MAX_WORKER_MEMORY", "prefork.E021", 0, _int(0),
             "MiB of a worker's own memory (USS) past which it is recycled; 0 = never."),
-    Setting("PREFORK_THREADS", "prefork.E022", 1, _only_one_thread,
-            "Threads per worker running requests (only 1 in this release).", ("--threads",)),
+    Setting("PREFORK_THREADS", "prefork.E022", 1, _int(1),
+            "Threads per worker running complete requests; 1 = the sync worker.", ("--threads",)),
     Setting("PREFORK_KEEPALIVE", "prefork.E023", 75, _seconds(0, zero="close after each response"),
             "Seconds an idle persistent connection is kept; longer than the balancer's idle timeout."),
     Setting("PREFORK_MAX_CONNECTIONS", "prefork.E024", 1000, _int(1),
@@ -241,7 +243,9 @@ SETTINGS = (
             "Request body bytes kept in memory (larger: a temporary file); None streams bodies."),
     Setting("PREFORK_LIMIT_REQUEST_BODY", "prefork.E026", 1 << 30, _int(0),
             "Largest request body, bytes (→ 413; 0 = no limit): what one upload may spool to disk."),
-    Setting("PREFORK_METRICS_SOCKET_MODE", "prefork.E027", 0o600, _socket_mode,
+    Setting("PREFORK_ACCESS_LOG_FORMAT", "prefork.E027", "runserver", _one_of("runserver", "combined", "json"),
+            "The access log's line: runserver's, combined (with client, duration, user agent, X-Request-ID), json."),
+    Setting("PREFORK_METRICS_SOCKET_MODE", "prefork.E028", 0o600, _socket_mode,
             "Mode of a PREFORK_METRICS unix socket (default: the server's user only)."),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
@@ -369,6 +373,7 @@ class Config:
     max_connections: int
     buffer_body: object  # bytes kept in memory; None: bodies are streamed
     limit_request_body: int  # bytes; 0 = no limit
+    access_log_format: str  # runserver, combined or json (accesslog.py)
     metrics_socket_mode: int  # a PREFORK_METRICS unix socket's; private unless opened
 
     @classmethod

@@ -25,11 +25,19 @@ A SIGABRT that crosses the flag (sent as the worker entered pdb) is ignored
 by the worker (`held()`), and the arbiter, seeing the flag, calls off the
 SIGKILL that would follow.
 
+`c` makes pdb install its own SIGINT handler (Ctrl-C while the program
+runs drops back into pdb: right for a script, wrong for a server, where
+Ctrl-C reaches every process of the foreground job and must stop it). So
+when the outermost interaction ends, the wrapper puts back the handler the
+worker had when pdb took it (the worker's quick exit) and forgets pdb's
+saved one.
+
 What pdb does to the terminal, and how it is put back when a worker dies at
 the prompt, is terminal.py's business.
 """
 
 import functools
+import signal
 import time
 
 _heartbeat = None  # this worker's Heartbeat; None in the master and the arbiter
@@ -51,6 +59,8 @@ def install():
         beat = _heartbeat
         if beat is None:  # not a worker
             return original(self, *args, **kwargs)
+        if not _depth:
+            worker_sigint = signal.getsignal(signal.SIGINT)
         _depth += 1  # before the flag: the SIGABRT handler reads _depth
         beat.set_debugging(True)
         try:
@@ -62,6 +72,9 @@ def install():
                 released_at = time.monotonic()
                 beat.set_debugging(False)
                 beat.notify()  # the silence counts from now, not from the breakpoint
+                # `c` left pdb's SIGINT handler behind: Ctrl-C must stop the worker, not debug it.
+                signal.signal(signal.SIGINT, worker_sigint)
+                pdb.Pdb._previous_sigint_handler = None
 
     interaction.prefork_wrapped = True
     pdb.Pdb.interaction = interaction

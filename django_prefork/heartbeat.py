@@ -28,6 +28,7 @@ import mmap
 import os
 import struct
 import tempfile
+import threading
 import time
 
 from .lifecycle import HEARTBEAT_EVERY
@@ -38,8 +39,38 @@ _STARTED = struct.Struct("dH")  # monotonic start (0.0: idle), length of "METHOD
 _REQUEST_MAX = 1024
 
 
+class Record:
+    """What one app slot is doing (a worker's, or one of its threads'): the request in
+    hand and when it started, and pdb's flag in the record's last byte."""
+
+    __slots__ = ("page", "_debugging_at")
+
+    def __init__(self, page):
+        self.page = page
+        self._debugging_at = len(page) - 1
+
+    def start_request(self, method, target):
+        line = method + b" " + target[:_REQUEST_MAX]
+        end = _STARTED.size + len(line)
+        self.page[_STARTED.size:end] = line
+        _STARTED.pack_into(self.page, 0, time.monotonic(), len(line))
+
+    def end_request(self):
+        _STARTED.pack_into(self.page, 0, 0.0, 0)
+
+    def set_debugging(self, held):
+        self.page[self._debugging_at] = 1 if held else 0
+
+    def debugging(self):
+        return self.page[self._debugging_at] != 0
+
+    def current_request(self):
+        """("METHOD target", its start on the monotonic clock), or None when idle."""
+        return request_in(self.page)
+
+
 class Heartbeat:
-    def __init__(self, tmp_dir, page=None):
+    def __init__(self, tmp_dir, page=None, thread_pages=()):
         fd, path = tempfile.mkstemp(prefix="prefork-heartbeat-", dir=tmp_dir)
         os.unlink(path)
         self.fd = fd
@@ -48,7 +79,10 @@ class Heartbeat:
         # the master sees the request too), else a page of this file.
         self.own_page = page is None
         self.page = mmap.mmap(fd, PAGE) if page is None else page  # MAP_SHARED: the fork shares it
-        self._debugging_at = len(self.page) - 1
+        # One record an app thread (PREFORK_THREADS): the first is the page above.
+        self.records = [Record(self.page)] + [Record(p) for p in thread_pages]
+        self.thread_pages = list(thread_pages)
+        self.by_thread = {}  # thread ident -> its Record, in a worker with threads
         self._mode = 0
         self._touched = 0.0
         self._seen_ctime = os.fstat(fd).st_ctime_ns
@@ -72,16 +106,14 @@ class Heartbeat:
         os.pwrite(self.fd, len(data).to_bytes(4, "little") + data, PAGE)
 
     def start_request(self, method, target):
-        line = method + b" " + target[:_REQUEST_MAX]
-        end = _STARTED.size + len(line)
-        self.page[_STARTED.size:end] = line
-        _STARTED.pack_into(self.page, 0, time.monotonic(), len(line))
+        self.records[0].start_request(method, target)
 
     def end_request(self):
-        _STARTED.pack_into(self.page, 0, 0.0, 0)
+        self.records[0].end_request()
 
     def set_debugging(self, held):
-        self.page[self._debugging_at] = 1 if held else 0
+        """pdb holds (or lets go of) the calling thread's request."""
+        self.by_thread.get(threading.get_ident(), self.records[0]).set_debugging(held)
 
     # -- the arbiter's side ------------------------------------------------
 
@@ -99,7 +131,7 @@ class Heartbeat:
 
     def debugging(self):
         """Whether the worker says pdb holds it (a person at the prompt, not a stuck request)."""
-        return self.page[self._debugging_at] != 0
+        return any(record.debugging() for record in self.records)
 
     def read_status(self):
         size = int.from_bytes(os.pread(self.fd, 4, PAGE).ljust(4, b"\0"), "little")
@@ -109,8 +141,12 @@ class Heartbeat:
         return data[:1], data[1:].decode("utf-8", "replace")
 
     def current_request(self):
-        """("METHOD target", its start on the monotonic clock), or None when idle."""
-        return request_in(self.page)
+        """The first app slot's ("METHOD target", start), or None when it is idle."""
+        return self.records[0].current_request()
+
+    def busy_records(self):
+        """The records of the app slots that hold a request or are held by pdb."""
+        return [r for r in self.records if r.current_request() is not None or r.debugging()]
 
     def describe_timeout(self, now, silent_for):
         """What a worker judged silent past the timeout was doing, for the log.
@@ -128,6 +164,8 @@ class Heartbeat:
     def close(self):
         if self.own_page:
             self.page.close()
+            for page in self.thread_pages:
+                page.close()
         os.close(self.fd)
 
 

@@ -36,11 +36,11 @@ import time
 
 from django.utils.autoreload import get_child_arguments
 
-from . import lifecycle, notify, snapshot
+from . import hooks, lifecycle, notify, snapshot
 from .arbiter import GenerationSpec, run_generation
 from .metrics import document, exposition, prometheus_available
 from .scoreboard import Scoreboard
-from .signals import close_wakeup_pipe
+from .signals import close_wakeup_pipe, flush_std_streams
 from .status import Offload, StatusChannel
 from .supervisor import HALT_STATUS, HaltServer, Supervisor, kill_quietly
 from .terminal import Terminal
@@ -57,7 +57,8 @@ class Generation:
         booting ──"R" on the ready pipe──▶ serving ──a newer one serving──▶ stopping ──exit──▶ gone
            │                                  │
            │ exit before "R"                  └ exit: a reload starts a new generation at once
-           ├ generation 1: the server ends (HALT_STATUS); nothing ever served
+           ├ nothing ever served, autoreload on: wait; the next change or HUP starts a generation
+           ├ generation 1 (autoreload off): the server ends (HALT_STATUS); nothing ever served
            └ a reload: it failed; the serving generation goes on, the next change or HUP retries
 
     - Every generation starts booting: generation 1 forked by the master, the
@@ -65,6 +66,9 @@ class Generation:
     - It is serving once its arbiter writes "R": all its workers loaded the
       app. Every older generation, booting or serving, then gets TERM and is
       stopping; its workers finish what they hold.
+    - Broken code at start with autoreload on is runserver's case: the
+      error is printed and the server waits for the fix (the command itself
+      waits when the master's own checks fail, then execs itself afresh).
     - One reload boots at a time: meanwhile HUP is refused and file changes
       wait. Generation 1's own boot is no reload: a HUP during it starts
       generation 2. A reload not ready within the boot limit is SIGKILLed,
@@ -117,11 +121,12 @@ class Master(Supervisor):
         self.generations = []  # oldest first
         self.last_number = 0
         slots = max(64, 4 * max(config.workers, getattr(config, "max_workers", 0) or 0))
-        self.scoreboard = Scoreboard.create(config.worker_tmp_dir, slots)
+        self.scoreboard = Scoreboard.create(config.worker_tmp_dir, slots, config.threads)
         self.lifetime = snapshot.Lifetime(self.scoreboard)
         self.status = StatusChannel(self.render_status, reap=False)  # the loop reaps every child
         self.project = None  # set by the command: which project this server serves, for preforkstatus
         self.overrides, self.environment = {}, {}  # set by the command: its PREFORK_* flags and variables
+        self.served = False  # some generation has served: server_ready was sent
 
     def __str__(self):
         return "master"
@@ -211,6 +216,11 @@ class Master(Supervisor):
     def watch_while_stopping(self):
         self.status.serve()  # /healthz says 503 while the server stops
 
+    def held_by_debugger(self):
+        """A worker of ours at pdb's prompt: its arbiter waits for it, so we wait for its arbiter."""
+        return any(row["state"] == "debugging" for g in self.generations if g.block is not None
+                   for row in self.scoreboard.workers(g.block))
+
     def after_stop(self):
         self.status.close()
 
@@ -262,6 +272,7 @@ class Master(Supervisor):
             # generation's collections then leave these pages unwritten.
             gc.freeze()
         spec, ready_r = self.next_spec()
+        flush_std_streams()  # the banner is still buffered when stdout is a pipe: print it once, here
         pid = os.fork()
         if pid == 0:
             status = HALT_STATUS
@@ -307,6 +318,7 @@ class Master(Supervisor):
         args = get_child_arguments()
         log.info("%s: starting generation %d with fresh code", why, spec.number)
         notify.reloading()
+        hooks.send(hooks.reloading, Master, pid=os.getpid(), reason=why, generation=spec.number)
         try:
             pid = os.posix_spawn(args[0], args, spec.to_environ(os.environ))
         except OSError as exc:
@@ -340,6 +352,10 @@ class Master(Supervisor):
         retiring = f"; stopping generation {', '.join(str(g.number) for g in older)}" if older else ""
         log.info("%s serving, %d workers%s", generation, generation.worker_count, retiring)
         notify.ready(f"generation {generation.number} serving, {generation.worker_count} workers")
+        if not self.served:
+            self.served = True
+            hooks.send(hooks.server_ready, Master, pid=os.getpid(), generation=generation.number,
+                       workers=generation.worker_count)
 
     def kill_slow_reload(self):
         booting = self.booting_reload()
@@ -368,6 +384,13 @@ class Master(Supervisor):
         elif generation.state == SERVING:
             log.error("%s exited unexpectedly (exit %s); starting a new one", generation, code)
             self.reload("no generation serving")
+        elif not self.served and self.watcher is not None:
+            # Autoreload on and nothing ever served: as runserver, wait for the fix (the next change
+            # starts a generation of fresh code); without autoreload, the server ends (exit 1).
+            if generation.is_reload:
+                self.lifetime.reloads["failed"] += 1
+            log.error("%s failed (exit %s): nothing serves yet; fix the error and save (or send HUP) to retry",
+                      generation, code)
         elif not generation.is_reload:
             if code != HALT_STATUS:  # a HaltServer: the generation said why
                 log.error("%s ended before serving (exit %s)", generation, code)

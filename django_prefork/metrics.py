@@ -12,6 +12,9 @@ Both take only the snapshot, never the master: what they say is what it holds.
 import dataclasses
 import importlib.util
 import os
+import platform
+
+from . import __version__
 
 from .scoreboard import BUCKETS, RESTART_REASONS, STATUS_CLASSES
 
@@ -41,6 +44,8 @@ def document(snapshot):
         "scaling": dict(snapshot.scaling),
         "workers": len(snapshot.workers),
         "busy": snapshot.busy,
+        "busy_workers": snapshot.busy_workers,
+        "threads": len(snapshot.workers) * snapshot.threads_per_worker,
         "connections": snapshot.connections,
         "listeners": listeners,
         "reloads": dict(snapshot.reloads),
@@ -72,7 +77,12 @@ class _Collector:
 
         snap = self.snapshot
         yield GaugeMetricFamily("prefork_workers", "Worker processes alive (every generation).", value=len(snap.workers))
-        yield GaugeMetricFamily("prefork_workers_busy", "Workers serving a request now.", value=snap.busy)
+        yield GaugeMetricFamily("prefork_workers_busy", "Workers serving a request now (in any of their threads).",
+                                value=snap.busy_workers)
+        yield GaugeMetricFamily("prefork_threads", "App threads of every worker (PREFORK_THREADS each).",
+                                value=len(snap.workers) * snap.threads_per_worker)
+        yield GaugeMetricFamily("prefork_threads_busy", "App threads serving a request now: what the scaler and an "
+                                "autoscaler compare with prefork_threads.", value=snap.busy)
         held = GaugeMetricFamily("prefork_connections", "Client connections the workers hold, by state: reading a "
                                  "request, waiting for the app, writing a response, idle keep-alive, lingering.",
                                  labels=["state"])
@@ -132,3 +142,41 @@ class _Collector:
                 if getattr(worker, kind):
                     memory.add_metric([str(worker.generation), str(worker.number), kind], getattr(worker, kind))
         yield memory
+        yield from _process_families(snap)
+        yield _build_info()
+
+
+def _build_info():
+    import django
+    from prometheus_client.core import GaugeMetricFamily
+
+    info = GaugeMetricFamily("prefork_build_info", "The versions running: django-prefork, Python, Django.",
+                             labels=["version", "python", "django"])
+    info.add_metric([__version__, platform.python_version(), django.get_version()], 1)
+    return info
+
+
+def _process_families(snap):
+    """process_* as prometheus_client's ProcessCollector names them, one series a process of the server.
+
+    Labelled `process` (master or worker), `worker` (its number; "" for the
+    master) and `pid`: a worker's figures start afresh with each
+    replacement, and the pid tells the series apart. A figure not read
+    (yet) is left out, never reported as 0.
+    """
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    labels = ["process", "worker", "pid"]
+    cpu = CounterMetricFamily("process_cpu_seconds", "User and system CPU time spent, seconds.", labels=labels)
+    rss = GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size, bytes.", labels=labels)
+    fds = GaugeMetricFamily("process_open_fds", "Open file descriptors.", labels=labels)
+    start = GaugeMetricFamily("process_start_time_seconds", "Start time since the epoch, seconds.", labels=labels)
+    master = snap.master
+    rows = [(["master", "", str(master.pid)], master)]
+    rows += [(["worker", str(w.number), str(w.pid)], w) for w in snap.workers]
+    for values, process in rows:
+        for family, figure in ((cpu, process.cpu_seconds), (rss, process.rss), (fds, process.open_fds),
+                               (start, process.start_time)):
+            if figure is not None:
+                family.add_metric(values, figure)
+    yield from (cpu, rss, fds, start)

@@ -103,7 +103,9 @@ QUEUE_LIMIT = 16 * 1024 * 1024  # bytes of unsent responses a worker holds in me
 SPOOL_LIMIT = 1024 * 1024 * 1024  # bytes of unsent responses a worker spools to files; past it the app waits
 
 _IN, _OUT = select.EPOLLIN | select.EPOLLRDHUP, select.EPOLLOUT
-_WATCH = {READING: _IN, WAITING: _IN, IDLE: _IN, LINGERING: _IN, WRITING: _OUT}
+# What epoll watches in each state. WAITING: nothing new (its request is whole; one that came
+# whole with its connection is never registered at all: the common request costs no epoll_ctl).
+_WATCH = {READING: _IN, WAITING: None, IDLE: _IN, LINGERING: _IN, WRITING: _OUT}
 
 
 def raise_fd_limit():
@@ -154,6 +156,7 @@ class Reactor:
         self.watched = {}  # fd -> the events epoll watches for it
         self.ready = deque()  # WAITING connections, in the order their requests completed
         self.accepting = True
+        self.room = True  # an app slot is free to take what is accepted (the worker says, with threads)
         self.quota = None  # after a graceful stop: connections still to take from the listen queue
         self.stopping = False
         self.head_bytes = 0  # held in unfinished heads
@@ -185,7 +188,7 @@ class Reactor:
 
     def wait(self, seconds):
         """Wait for readiness (at most `seconds`) and move every connection it concerns."""
-        self._listen(self.accepting and (len(self.conns) < self.config.max_connections or self._idle()))
+        self._listen(self.accepting and self.room and (len(self.conns) < self.config.max_connections or self._idle()))
         if self.conns or self.held_at_sweep:
             seconds = min(seconds, SWEEP_EVERY)  # and one sweep more once none is left: the counts say 0
         try:
@@ -208,10 +211,12 @@ class Reactor:
 
     def answered(self, conn):
         """The app slot is done with `conn`: finish its response here, keep it, or close it."""
+        if conn.fd not in self.conns:  # forgotten (a thread that timed out): nothing of it is ours
+            return conn.close()
         conn.reader = None
         conn.seal_spool()
         if conn.out or conn.out_file is not None:
-            self.queued += conn.out_bytes
+            self._count_queued(conn.out_bytes)
             self._enter(conn, WRITING)
             conn.heard = time.monotonic()
             return
@@ -227,12 +232,13 @@ class Reactor:
     def may_queue(self, size):
         """Where `size` more unsent bytes of a response may wait for the loop (0: a file):
         QUEUE (memory), SPOOL (a temporary file) or None (nowhere: the app waits)."""
-        if self.queued + size <= QUEUE_LIMIT:
-            return QUEUE
-        if self.spooled + size <= SPOOL_LIMIT:
-            self.spooled += size
-            return SPOOL
-        return None
+        with self.lock:  # app threads ask at once (PREFORK_THREADS)
+            if self.queued + size <= QUEUE_LIMIT:
+                return QUEUE
+            if self.spooled + size <= SPOOL_LIMIT:
+                self.spooled += size
+                return SPOOL
+            return None
 
     def stop(self, queued):
         """A graceful stop: take `queued` more connections (None: none), finish what is held.
@@ -251,6 +257,11 @@ class Reactor:
                 self._drop(conn)
             elif conn.state == READING and (conn.reader is None or not conn.reader.received):
                 conn.since = min(conn.since, now - self.config.client_timeout + SILENT_AT_STOP)
+
+    def forget(self, conn):
+        """No longer hold `conn` (a timed-out app thread still owns it): a stop waits not for it."""
+        if self.conns.pop(conn.fd, None) is not None and self.watched.pop(conn.fd, None) is not None:
+            self.epoll.unregister(conn.fd)
 
     def drained(self):
         return not self.conns and not self.ready
@@ -409,13 +420,14 @@ class Reactor:
         except ClientDisconnected as exc:
             log.debug("client %s: the rest of the response not sent: %s", conn.client, exc)
             return self._drop(conn)
-        self.queued -= before - conn.out_bytes
+        self._count_queued(conn.out_bytes - before)
         if done:
             self._after_response(conn)
 
     def _after_response(self, conn):
-        self.spooled -= conn.spooled
-        conn.spooled = 0
+        if conn.spooled:
+            self._count_queued(0, -conn.spooled)
+            conn.spooled = 0
         if not conn.keep_alive or self.stopping:
             return self._close(conn, linger=conn.unread_input())
         conn.served += 1
@@ -432,6 +444,11 @@ class Reactor:
 
     # -- ending ---------------------------------------------------------------------------
 
+    def _count_queued(self, memory, files=0):
+        with self.lock:  # may_queue reads and adds from app threads
+            self.queued += memory
+            self.spooled += files
+
     def _close(self, conn, linger):
         if linger and conn.start_linger():
             self._enter(conn, LINGERING)
@@ -442,9 +459,8 @@ class Reactor:
         if self.conns.pop(conn.fd, None) is None:
             return
         self._hold_head(conn, 0)
-        if conn.state == WRITING:
-            self.queued -= conn.out_bytes
-        self.spooled -= conn.spooled
+        if conn.spooled or (conn.state == WRITING and conn.out_bytes):
+            self._count_queued(-conn.out_bytes if conn.state == WRITING else 0, -conn.spooled)
         self.watched.pop(conn.fd, None)  # close() takes it out of the epoll set
         reader = conn.reader
         if reader is not None and reader.request.buffer is not None:
@@ -457,7 +473,7 @@ class Reactor:
 
     def _watch(self, conn, events):
         now = self.watched.get(conn.fd)
-        if now == events:
+        if now == events or events is None:
             return
         if now is None:
             self.epoll.register(conn.fd, events)

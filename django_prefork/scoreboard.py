@@ -8,7 +8,10 @@ the figures of workers forked by exec'd arbiters reach it. The file is one
 header page, then `BLOCKS` blocks; a generation is given a block of its own
 for its life and writes nowhere else:
 
-    block = block record | slot 0 | slot 1 | ...      (each SLOT_SIZE bytes)
+    block = block record | slot 0 | slot 1 | ...      (each slot_size bytes)
+
+A slot is SLOT_SIZE bytes, and RECORD_STRIDE more for each app thread past
+the first (PREFORK_THREADS): every thread has its own heartbeat record.
 
 A slot is one worker's: its pid, number and boot state; its counters
 (requests, bytes sent, responses by status class, a request-duration
@@ -44,10 +47,11 @@ from bisect import bisect_left
 from .heartbeat import RECORD_SIZE, debugging_in, request_in
 from .lifecycle import BOOTING, FREE, IDLE, STATE_NAMES, slot_state
 
-MAGIC = b"PREFORK\x01"
+MAGIC = b"PREFORK\x02"
 BLOCKS = 8  # generations alive at once: serving, booting, and a few still stopping
 PAGE = mmap.PAGESIZE
-SLOT_SIZE = 2048
+SLOT_SIZE = 2048  # a slot with one app slot's heartbeat record; each thread more adds a RECORD_STRIDE
+RECORD_STRIDE = 1536  # one heartbeat record (heartbeat.py) in a slot
 
 # Seconds; Prometheus' default buckets. The last bucket counts the rest (+Inf).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -56,14 +60,17 @@ RESTART_REASONS = ("timeout", "max_requests", "memory", "crash")
 CONNECTION_STATES = ("reading", "waiting", "writing", "idle", "lingering")  # reactor.STATES
 
 
-_HEADER = struct.Struct("@8sIII")  # magic, blocks, slots per block, master pid
+_HEADER = struct.Struct("@8sIIII")  # magic, blocks, slots per block, master pid, threads per worker
 _PID = struct.Struct("@I")
+_ASKS_RECYCLE_AT = 1  # a byte of _IDENTITY's padding: the worker asks to be replaced
 _IDENTITY = struct.Struct("@B3xIId")  # state (FREE, BOOTING, IDLE once booted), pid, number, booted at
 # requests, bytes out, 5 status classes, len(BUCKETS) + 1 buckets, duration sum
 _COUNTERS = struct.Struct(f"@QQ5Q{len(BUCKETS) + 1}Qd")
 _COUNTERS_AT = 128
 _MEMORY = struct.Struct("@QQ")  # RSS, USS in bytes, as the arbiter last read them
 _MEMORY_AT = _COUNTERS_AT + _COUNTERS.size
+_PROCESS = struct.Struct("@dQd")  # CPU seconds, open fds, start time (epoch), as the arbiter last read them
+_PROCESS_AT = _MEMORY_AT + _MEMORY.size
 _HEARTBEAT_AT = 512  # the heartbeat record, to the slot's end
 _CONNECTIONS = struct.Struct("@5I")  # held by state: reading, waiting, writing, idle, lingering
 _CONNECTIONS_AT = 64
@@ -74,7 +81,7 @@ _RECORD = struct.Struct(f"@QII{len(RESTART_REASONS)}Q")
 _CAPACITY = struct.Struct("@IIIxxxxQQ")
 _CAPACITY_AT = _RECORD.size
 assert _IDENTITY.size <= _CONNECTIONS_AT and _CONNECTIONS_AT + _CONNECTIONS.size <= _COUNTERS_AT
-assert _MEMORY_AT + _MEMORY.size <= _HEARTBEAT_AT and SLOT_SIZE - _HEARTBEAT_AT >= RECORD_SIZE
+assert _PROCESS_AT + _PROCESS.size <= _HEARTBEAT_AT and SLOT_SIZE - _HEARTBEAT_AT == RECORD_STRIDE >= RECORD_SIZE
 assert _CAPACITY_AT + _CAPACITY.size <= _COUNTERS_AT
 
 _ZERO_COUNTERS = (0,) * (_COUNTERS.size // 8 - 1) + (0.0,)
@@ -117,20 +124,21 @@ class Scoreboard:
     def __init__(self, fd, mm):
         self.fd = fd
         self.mm = mm
-        magic, self.blocks, self.slots, self.master_pid = _HEADER.unpack_from(mm, 0)
+        magic, self.blocks, self.slots, self.master_pid, self.threads = _HEADER.unpack_from(mm, 0)
         if magic != MAGIC:
             raise ValueError("not a django-prefork scoreboard")
-        self.block_size = SLOT_SIZE * (1 + self.slots)
+        self.slot_size = SLOT_SIZE + RECORD_STRIDE * (self.threads - 1)
+        self.block_size = self.slot_size * (1 + self.slots)
 
     @classmethod
-    def create(cls, tmp_dir, slots):
+    def create(cls, tmp_dir, slots, threads=1):
         fd, path = tempfile.mkstemp(prefix="prefork-scoreboard-", dir=tmp_dir)
         os.unlink(path)
         os.set_inheritable(fd, True)
-        size = PAGE + BLOCKS * SLOT_SIZE * (1 + slots)
+        size = PAGE + BLOCKS * (SLOT_SIZE + RECORD_STRIDE * (threads - 1)) * (1 + slots)
         os.ftruncate(fd, size)
         mm = mmap.mmap(fd, size)  # MAP_SHARED: forks and exec'd generations map the same pages
-        _HEADER.pack_into(mm, 0, MAGIC, BLOCKS, slots, os.getpid())
+        _HEADER.pack_into(mm, 0, MAGIC, BLOCKS, slots, os.getpid(), threads)
         return cls(fd, mm)
 
     @classmethod
@@ -166,7 +174,7 @@ class Scoreboard:
     # -- what the arbiter does with its block -----------------------------------------
 
     def slot_offset(self, block, slot):
-        return self._block_at(block) + SLOT_SIZE * (1 + slot)
+        return self._block_at(block) + self.slot_size * (1 + slot)
 
     def writer(self, block, slot, clear_request):
         return SlotWriter(self.mm, self.slot_offset(block, slot), clear_request)
@@ -175,6 +183,11 @@ class Scoreboard:
         """The slot's part the worker's Heartbeat writes its request and debugger flag to."""
         at = self.slot_offset(block, slot)
         return memoryview(self.mm)[at + _HEARTBEAT_AT:at + SLOT_SIZE]
+
+    def thread_records(self, block, slot):
+        """The records of a worker's threads after its first (heartbeat.Heartbeat's thread_pages)."""
+        at = self.slot_offset(block, slot) + SLOT_SIZE
+        return [memoryview(self.mm)[at + i * RECORD_STRIDE:at + (i + 1) * RECORD_STRIDE] for i in range(self.threads - 1)]
 
     def assign(self, block, slot, number):
         """A worker is about to be forked into `slot`: it boots (its pid follows the fork)."""
@@ -195,7 +208,7 @@ class Scoreboard:
         dead = Counters(_COUNTERS.unpack_from(self.mm, at + _COUNTERS_AT))
         dead.add(Counters(_COUNTERS.unpack_from(self.mm, slot_at + _COUNTERS_AT)))
         _COUNTERS.pack_into(self.mm, at + _COUNTERS_AT, *dead.values())
-        self.mm[slot_at:slot_at + SLOT_SIZE] = bytes(SLOT_SIZE)
+        self.mm[slot_at:slot_at + self.slot_size] = bytes(self.slot_size)
         _RECORD.pack_into(self.mm, at, seq + 2, generation, in_use, *restarts)
 
     def set_capacity(self, block, target, floor, ceiling, scaled=0):
@@ -208,6 +221,9 @@ class Scoreboard:
         target, floor, ceiling, ups, downs = _CAPACITY.unpack_from(self.mm, self._block_at(block) + _CAPACITY_AT)
         return {"target": target, "floor": floor, "ceiling": ceiling, "up": ups, "down": downs}
 
+    def asks_recycle(self, block, slot):
+        return self.mm[self.slot_offset(block, slot) + _ASKS_RECYCLE_AT] != 0
+
     def waiting_requests(self, block):
         """Complete requests the block's workers hold, waiting for their app slots (demand, like the listen queue)."""
         at = CONNECTION_STATES.index("waiting")
@@ -216,6 +232,9 @@ class Scoreboard:
 
     def set_memory(self, block, slot, rss, uss):
         _MEMORY.pack_into(self.mm, self.slot_offset(block, slot) + _MEMORY_AT, rss, uss)
+
+    def set_process(self, block, slot, cpu_seconds, open_fds, start_time):
+        _PROCESS.pack_into(self.mm, self.slot_offset(block, slot) + _PROCESS_AT, cpu_seconds, open_fds, start_time)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -231,11 +250,16 @@ class Scoreboard:
             state, pid, number, booted = _IDENTITY.unpack_from(self.mm, at)
             if state == FREE:
                 continue
-            record = memoryview(self.mm)[at + _HEARTBEAT_AT:at + SLOT_SIZE]
-            request = request_in(record)
-            state = slot_state(state, request is not None, debugging_in(record))
-            record.release()
+            threads = []
+            for start in [at + _HEARTBEAT_AT] + [at + SLOT_SIZE + i * RECORD_STRIDE for i in range(self.threads - 1)]:
+                record = memoryview(self.mm)[start:start + RECORD_STRIDE]
+                threads.append((request_in(record), debugging_in(record)))
+                record.release()
+            busy = [(request, debugging) for request, debugging in threads if request is not None or debugging]
+            request, debugging = busy[0] if busy else (None, False)
+            state = slot_state(state, request is not None, debugging)
             rss, uss = _MEMORY.unpack_from(self.mm, at + _MEMORY_AT)
+            cpu, fds, started = _PROCESS.unpack_from(self.mm, at + _PROCESS_AT)
             counters = Counters(_COUNTERS.unpack_from(self.mm, at + _COUNTERS_AT))
             rows.append({
                 "slot": slot, "number": number, "pid": pid, "state": STATE_NAMES.get(state, "?"),
@@ -243,7 +267,13 @@ class Scoreboard:
                 "request": request[0] if request else None,
                 "request_age": round(now - request[1], 3) if request else None,
                 "requests": counters.requests, "rss": rss or None, "uss": uss or None,
+                # 0: not read yet (a start time of 0 is none either): absent, not zero.
+                "cpu_seconds": cpu if started else None, "open_fds": fds if started else None,
+                "start_time": started or None,
                 "connections": dict(zip(CONNECTION_STATES, _CONNECTIONS.unpack_from(self.mm, at + _CONNECTIONS_AT))),
+                "busy_threads": len(busy),
+                "threads": [{"request": r[0] if r else None, "request_age": round(now - r[1], 3) if r else None,
+                             "debugging": d} for r, d in threads] if self.threads > 1 else None,
                 "counters": counters,
             })
         return rows
@@ -279,6 +309,10 @@ class SlotWriter:
     def booted(self):
         self.mm[self.at] = IDLE
 
+    def ask_recycle(self):
+        """A thread of the worker timed out: it asks the arbiter for a successor (the identity's pad byte)."""
+        self.mm[self.at + _ASKS_RECYCLE_AT] = 1
+
     def set_connections(self, counts):
         """The connections the worker holds, by state (reactor.STATES order)."""
         _CONNECTIONS.pack_into(self.mm, self.at + _CONNECTIONS_AT, *counts.values())
@@ -287,10 +321,12 @@ class SlotWriter:
         """The request is over: its figures counted, its heartbeat record cleared."""
         started = _STARTED.unpack_from(self.mm, self.at + _HEARTBEAT_AT)[0]
         self.clear_request()
-        if not status:
-            return  # the connection closed before a request came
-        # A head so malformed it named no request was never started: counted, taking no time.
-        duration = time.monotonic() - started if started else 0.0
+        if status:  # else the connection closed before a request came
+            # A head so malformed it named no request was never started: counted, taking no time.
+            self.count(status, sent, time.monotonic() - started if started else 0.0)
+
+    def count(self, status, sent, duration):
+        """One answered request in the counters (an app thread's, or the timeout's 500)."""
         values = self.values
         values[0] += 1
         values[1] += sent

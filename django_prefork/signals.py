@@ -3,6 +3,7 @@
 import os
 import select
 import signal
+import sys
 
 
 def signal_wakeup_pipe():
@@ -56,3 +57,18 @@ def die_with_parent(sig):
         libc.prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def flush_std_streams():
+    """Write out what stdout and stderr hold: before a fork, and before os._exit.
+
+    Under systemd or a pipe stdout is block-buffered, and a fork copies the
+    buffer: without this, every child would print the banner again when it
+    flushes on its way out. os._exit flushes nothing, so a process leaving
+    by it would lose its last lines.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # closed, or a pipe nobody reads any more: nothing to save
+            pass

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from .procfs import read_process
 from .scoreboard import CONNECTION_STATES, RESTART_REASONS, Counters
 from .sockets import listen_queue
 
@@ -29,6 +30,11 @@ class MasterInfo:
     pid: int
     name: str
     uptime: float  # seconds since the master started
+    # process_* in /metrics (procfs.py); None where /proc cannot say
+    cpu_seconds: Optional[float] = None
+    rss: Optional[int] = None
+    open_fds: Optional[int] = None
+    start_time: Optional[float] = None  # seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,11 @@ class WorkerInfo:
     uss: Optional[int]
     generation: int
     connections: Optional[dict] = None  # held by state: reading, waiting, writing, idle, lingering
+    busy_threads: Optional[int] = None  # app threads holding a request (None: said by its state)
+    threads: Optional[list] = None  # with PREFORK_THREADS > 1: each thread's request and its age
+    cpu_seconds: Optional[float] = None  # as the arbiter last read them; None: not yet, or no /proc
+    open_fds: Optional[int] = None
+    start_time: Optional[float] = None  # seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,7 @@ class Snapshot:
     reloads: dict  # {"ok": n, "failed": n}
     restarts: dict  # by reason, every reason present
     totals: Counters
+    threads_per_worker: int = 1  # PREFORK_THREADS
 
     @property
     def connections(self):
@@ -88,6 +100,11 @@ class Snapshot:
 
     @property
     def busy(self):
+        """App slots holding a request: busy threads, one a worker without threads."""
+        return sum(w.busy_threads if w.busy_threads is not None else w.state in BUSY_STATES for w in self.workers)
+
+    @property
+    def busy_workers(self):
         return sum(1 for w in self.workers if w.state in BUSY_STATES)
 
 
@@ -143,7 +160,7 @@ def take(master):
         listeners.append(ListenerInfo(listener.url(), *(queue or ())))
     scaled = capacity is not None and capacity["target"]  # 0: the arbiter has not said yet
     return Snapshot(
-        master=MasterInfo(os.getpid(), master.name, round(time.time() - lifetime.started, 3)),
+        master=_master_info(master, lifetime),
         healthy=master.healthy(),
         generation=serving.number if serving else None,
         generations=tuple(generations),
@@ -155,4 +172,12 @@ def take(master):
         reloads=dict(lifetime.reloads),
         restarts=restarts,
         totals=totals,
+        threads_per_worker=board.threads if board is not None else 1,
     )
+
+
+def _master_info(master, lifetime):
+    stat = read_process(os.getpid())
+    process = {} if stat is None else {"cpu_seconds": stat.cpu_seconds, "rss": stat.rss, "open_fds": stat.open_fds,
+                                        "start_time": stat.start_time}
+    return MasterInfo(os.getpid(), master.name, round(time.time() - lifetime.started, 3), **process)

@@ -50,6 +50,7 @@ import httptools
 
 from . import __version__
 from .http import HTTPError, Limits, Request, _feed, reason_phrase
+from .signals import flush_std_streams
 from .sockets import remove_stale_unix_socket
 from .supervisor import kill_quietly
 
@@ -453,6 +454,7 @@ class StatusChannel:
 
     def _start(self, offload):
         read_end, write_end = os.pipe()
+        flush_std_streams()  # else the child would write the master's buffered lines again
         pid = os.fork()
         if pid == 0:  # the child: produce, write, exit; nothing of the master's runs here
             code = 1
@@ -466,6 +468,7 @@ class StatusChannel:
             except BaseException:
                 log.exception("status channel: producing %s failed", offload.key)
             finally:
+                flush_std_streams()
                 os._exit(code)
         os.close(write_end)
         os.set_blocking(read_end, False)

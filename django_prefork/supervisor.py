@@ -30,7 +30,7 @@ import signal
 import time
 
 from . import proctitle
-from .logfiles import reopen_log_files
+from .logfiles import reopen_and_say
 from .signals import close_wakeup_pipe, signal_wakeup_pipe, wait
 
 log = logging.getLogger("django_prefork")
@@ -118,6 +118,10 @@ class Supervisor:
     def watch_while_stopping(self):
         """Called between looks while children stop."""
 
+    def held_by_debugger(self):
+        """Whether pdb holds a process below us: a graceful stop then waits past its deadline."""
+        return False
+
     # -- the loop --------------------------------------------------------------------
 
     def run(self):
@@ -178,7 +182,7 @@ class Supervisor:
         self.set_worker_count(max(1, self.worker_count - 1), signal.SIGTTOU)
 
     def handle_usr1(self):
-        reopen_log_files()
+        reopen_and_say(self)
         self.pass_on(signal.SIGUSR1)
 
     # -- children ------------------------------------------------------------------
@@ -212,12 +216,20 @@ class Supervisor:
         """TERM: children finish what they hold; INT/QUIT: they exit at once.
 
         Whatever is left at the deadline gets SIGKILL, and every child is
-        reaped before we return: no process outlives the server.
+        reaped before we return: no process outlives the server. Except that
+        a graceful stop (TERM, a reload retiring a generation) never kills a
+        worker a person is debugging at pdb's prompt: like its request, the
+        stop waits for them to continue (Ctrl-C still stops at once).
         """
         self.mark_stopping()
         self.signal_children(signal.SIGTERM if graceful else signal.SIGQUIT)
         deadline = time.monotonic() + self.stop_wait(graceful)
-        while self.child_pids() and time.monotonic() < deadline:
+        said = False
+        while self.child_pids() and (time.monotonic() < deadline or (graceful and self.held_by_debugger())):
+            if not said and time.monotonic() >= deadline:
+                said = True
+                log.info("%s: a worker is at the pdb prompt; it ends when you continue (c), "
+                         "Ctrl-C stops it now", self)
             self.reap_children(stopping=True)
             if self.child_pids():
                 self.sleep(STOP_POLL)

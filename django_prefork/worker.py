@@ -20,15 +20,16 @@ import gc
 import logging
 import os
 import signal
-import sys
+import tempfile
 import time
 import traceback
 
-from . import debugger, heartbeat
+from . import debugger, heartbeat, hooks
 from .lifecycle import ANSWER_TIMEOUT, idle_wait
-from .signals import die_with_parent, drain, signal_wakeup_pipe
+from .signals import die_with_parent, drain, flush_std_streams, signal_wakeup_pipe
 from .sockets import queued_connections
 from .reactor import Reactor
+from .threads import AppThreads
 from .transport import ClientDisconnected
 from .wsgi import Response, WorkerContext, answer_error, log_request, serve_connection
 
@@ -55,6 +56,8 @@ class SyncWorker:
         self.reactor = None
         self.lot = lot  # the generation's hand-off sockets (reactor.handoff_lot), or None
         self.published_at = None  # the reactor's sweep whose connection counts the scoreboard has
+        self.generation = None  # set by the arbiter: what the hooks tell their receivers
+        self.started = False  # worker_started was sent: worker_exiting is owed
 
     def run(self):
         code = 0
@@ -62,6 +65,8 @@ class SyncWorker:
             debugger.attach(self.heartbeat)
             self.init_signals()
             app = self.boot()
+            self.started = True
+            hooks.send(hooks.worker_started, SyncWorker, **self.hook_arguments())
             self.serve_forever(app)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -69,13 +74,26 @@ class SyncWorker:
             log.exception("worker %d (pid %d) crashed", self.number, os.getpid())
             code = 1
         finally:
-            _flush_std_streams()
-            os._exit(code)
+            self.exit(code)
+
+    def hook_arguments(self):
+        return {"pid": os.getpid(), "worker": self.number, "generation": self.generation}
+
+    def exit(self, code):
+        """The one way out: worker_exiting (once, if worker_started was sent), then os._exit."""
+        if self.started:
+            self.started = False  # a signal arriving inside a receiver must not send it twice
+            try:
+                hooks.send(hooks.worker_exiting, SyncWorker, code=code, **self.hook_arguments())
+            except BaseException:
+                pass  # exiting anyway: a receiver cut short by a second signal changes nothing
+        flush_std_streams()
+        os._exit(code)
 
     def init_signals(self):
         # Forget the arbiter's handlers and wakeup fd; keep a wakeup pipe of our own
         # so TERM interrupts select() at once instead of after half the timeout.
-        self.wakeup_r, _ = signal_wakeup_pipe()
+        self.wakeup_r, self.wakeup_w = signal_wakeup_pipe()
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self.handle_term)
@@ -93,13 +111,12 @@ class SyncWorker:
         self.recycle = True  # unlike TERM, leave the queued connections to the successor
 
     def handle_quit(self, signum, frame):
-        _flush_std_streams()
-        os._exit(0)
+        self.exit(0)
 
     def handle_usr1(self, signum, frame):
-        from .logfiles import reopen_log_files
+        from .logfiles import reopen_and_say
 
-        reopen_log_files()
+        reopen_and_say(f"worker {self.number} (pid {os.getpid()})")
 
     def handle_abort(self, signum, frame):
         if debugger.held():
@@ -108,20 +125,32 @@ class SyncWorker:
         stack = "".join(traceback.format_stack(frame))
         what = self.heartbeat.describe_timeout(time.monotonic(), self.config.timeout)
         log.error("worker %d %s; the request's stack:\n%s", os.getpid(), what, stack)
-        _flush_std_streams()
+        flush_std_streams()
+        status = sent = 0
         try:
-            self.answer_timed_out()
+            status, sent = self.answer_timed_out()
         except Exception:
             log.exception("worker %d could not answer the timed-out request", os.getpid())
-        _flush_std_streams()
-        os._exit(1)
+        # Counted like any other request (requests_total, the duration histogram) before the
+        # exit: the arbiter folds a dead worker's slot into its generation's figures.
+        self.end_request(status, sent)
+        remove_upload_files()
+        self.exit(1)
 
     def answer_timed_out(self):
-        """500 to the client of the request in hand, if no response head went out yet."""
+        """500 to the client of the request in hand, if no response head went out yet.
+
+        Returns (status, body bytes sent) of what the client got, for the
+        counters; (0, 0) when the worker held no request.
+        """
         current = self.heartbeat.current_request()
         response = self.context_of_request.response if self.context_of_request is not None else None
-        if current is None or response is None or response.head_sent or response.conn.sock.fileno() == -1:
-            return  # idle, or the client already has a status: closing tells it the rest
+        if current is None:
+            return 0, 0  # idle: there is no request to count
+        if response is None or response.conn.sock.fileno() == -1:
+            return 500, 0  # its connection is gone: the request failed all the same
+        if response.head_sent:
+            return response.status_code, response.body_sent  # closing tells the client the rest
         conn = response.conn
         conn.drop_output()
         age = time.monotonic() - current[1]
@@ -133,10 +162,12 @@ class SyncWorker:
         try:
             answer.write(body)
         except ClientDisconnected:
-            return
+            return 500, 0
         if self.config.access_log:
-            log_request(current[0], 500, len(body))
+            log_request(current[0], 500, len(body), self.config.access_log_format, client=conn.client,
+                        started=current[1])
         conn.linger()  # let the client read it before the close
+        return 500, len(body)
 
     def boot(self):
         self.heartbeat.notify()
@@ -160,6 +191,8 @@ class SyncWorker:
     def serve_forever(self, app):
         """notify → accept → handle, the sync worker's loop, around an event loop that
         holds every connection until its request is complete (reactor.py)."""
+        if self.config.threads > 1:
+            return self.serve_threaded(app)
         reactor = self.reactor = Reactor(self.listeners, self.config, self.wakeup_r, self.refuse, self.end_request,
                                          self.lot)
         self.contexts = {fd: WorkerContext(app, listener, self.config, self.heartbeat, self.last_request,
@@ -185,6 +218,57 @@ class SyncWorker:
                 drain(self.wakeup_r)
             if reactor.swept != self.published_at:  # a few times a second, not every turn
                 self.publish_connections()
+
+    def serve_threaded(self, app):
+        """The same loop, the app slot N threads (threads.py): the main thread keeps the
+        event loop and hands each complete request to a free thread."""
+        reactor = self.reactor = Reactor(self.listeners, self.config, self.wakeup_r, self.refuse, self.count_refused)
+        pool = AppThreads(self, app, self.config.threads, reactor.may_queue)
+        self.contexts = pool.contexts[0]
+        reactor.limits = pool.limits
+        pool.start()
+        notify = self.heartbeat.notify
+        wait = idle_wait(self.config.timeout)
+        try:
+            while True:
+                notify()
+                self.count_answered(pool)
+                pool.watch(time.monotonic(), self.config.timeout)
+                if self.leaving() and not reactor.stopping:
+                    reactor.stop(self.queued_at_stop())
+                while pool.free and (conn := reactor.next_request()) is not None:
+                    pool.dispatch(conn)
+                reactor.room = pool.free > 0  # with every thread busy, the listen queue keeps new clients
+                if reactor.stopping and reactor.drained() and pool.idle():
+                    return
+                if pool.stuck_since and time.monotonic() - pool.stuck_since > self.config.graceful_timeout:
+                    log.warning("worker %d (pid %d): a timed-out thread is still stuck; exiting",
+                                self.number, os.getpid())
+                    return
+                if os.getppid() != self.ppid:
+                    log.warning("worker %d (pid %d): the arbiter is gone; exiting", self.number, os.getpid())
+                    return
+                if reactor.wait(wait):
+                    drain(self.wakeup_r)
+                if reactor.swept != self.published_at:
+                    self.publish_connections()
+        finally:
+            pool.stop()
+
+    def count_refused(self, status, sent):
+        """A request the loop answered itself: counted, and no thread's record touched."""
+        if status and self.slot is not None:
+            self.slot.count(status, sent, 0.0)
+
+    def count_answered(self, pool):
+        for thread, conn, status, sent, seconds in pool.collect():
+            if thread not in pool.timed_out and status and self.slot is not None:
+                self.slot.count(status, sent, seconds)
+            self.served += 1
+            self.reactor.answered(conn)
+            if self.max_requests and self.served >= self.max_requests and not self.recycle:
+                log.info("worker %d (pid %d) served %d requests; recycling", self.number, os.getpid(), self.served)
+                self.recycle = True
 
     def handle(self, conn):
         """The app slot: one complete request, its response handed back to the event loop."""
@@ -239,10 +323,29 @@ class SyncWorker:
             self.slot.set_connections(self.reactor.counts())
 
 
-def _flush_std_streams():
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
 
+def remove_upload_files():
+    """Unlink the upload files Django named for the request in hand; the worker is about to os._exit.
+
+    Django spools an upload past FILE_UPLOAD_MAX_MEMORY_SIZE to a named file
+    ("tmpXXXX.upload.ext" in FILE_UPLOAD_TEMP_DIR) and deletes it when the
+    file is closed, which a timed-out worker never does: its files would pile
+    up in /tmp. One request at a time runs here, so a file of that name this
+    process holds open is that request's. /proc/self/fd lists them (Linux);
+    elsewhere nothing is removed.
+    """
+    from django.conf import settings
+
+    directory = os.path.realpath(getattr(settings, "FILE_UPLOAD_TEMP_DIR", None) or tempfile.gettempdir())
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if os.path.dirname(path) == directory and ".upload" in os.path.basename(path):
+                os.unlink(path)
+                log.info("worker %d removed the timed-out request's upload file %s", os.getpid(), path)
+        except OSError:
+            continue  # closed meanwhile, or unlinked already (readlink then ends in " (deleted)")

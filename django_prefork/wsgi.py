@@ -19,7 +19,7 @@ from email.utils import formatdate
 
 from django.utils.log import log_message
 
-from . import __version__
+from . import __version__, accesslog
 from .conf import forwarded_trust
 from .http import TOKEN, Body, HTTPError, Limits, decode_path, reason_phrase, split_target
 from .transport import QUEUE, ClientDisconnected, check_deadline
@@ -41,6 +41,11 @@ _STATUSES = {}  # status line: its code (see _status_code)
 _PLAIN, _HOP_BY_HOP, _CONTENT_LENGTH, _DATE = "plain", "hop-by-hop", "content-length", "date"
 # How a head ends: the connection closes after it, or stays (HTTP/1.1's default, HTTP/1.0 when asked).
 _END_CLOSE, _END_KEEP_11, _END_KEEP_10 = "Connection: close\r\n\r\n", "\r\n", "Connection: keep-alive\r\n\r\n"
+
+
+# What a proxy says to mean "the client spoke https": gunicorn's secure_scheme_headers.
+FORWARDED_HTTPS = (("HTTP_X_FORWARDED_PROTO", "https"), ("HTTP_X_FORWARDED_SSL", "on"),
+                   ("HTTP_X_FORWARDED_PROTOCOL", "ssl"))
 
 
 class InvalidHeader(ValueError):
@@ -83,19 +88,21 @@ class WorkerContext:
             config.timeout,
             config.limit_request_body,
         )
-        self.access_log = config.access_log
+        self.access_log = config.access_log and config.access_log_format  # its format, or False: off
         self.unix = listener.sock.family == socket.AF_UNIX
         # A unix socket's peer is the proxy on this machine: trusted, as gunicorn does.
         self.trusts_forwarded = (lambda host: True) if self.unix else forwarded_trust(config.forwarded_allow_ips)
+        # SCRIPT_NAME in the server's environment mounts the app under that prefix, as gunicorn does.
+        self.script_name = os.environ.get("SCRIPT_NAME", "").rstrip("/")
         self.base_environ = {
-            "SCRIPT_NAME": "",
+            "SCRIPT_NAME": self.script_name,
             "SERVER_NAME": listener.host,
             "SERVER_PORT": listener.port,
             "SERVER_SOFTWARE": SERVER_SOFTWARE,
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
             "wsgi.errors": sys.stderr,
-            "wsgi.multithread": False,
+            "wsgi.multithread": config.threads > 1,
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
             "wsgi.input_terminated": True,
@@ -159,8 +166,38 @@ def serve_connection(conn, context):
                     response.short_by)
     conn.keep_alive = response.keep_alive and not response.short_by and request.complete
     if context.access_log:
-        log_request(_request_line(environ), response.status_code, response.body_sent)
+        log_request(_request_line(environ), response.status_code, response.body_sent, context.access_log,
+                    environ, started=request.started)
     return response.status_code, response.body_sent
+
+
+def _below_mount(path_info, script_name):
+    """PATH_INFO without the SCRIPT_NAME prefix; outside it, 404.
+
+    The prefix matches whole segments: under /sub, /sub and /sub/x are the
+    app's, /subway is not. gunicorn answers a path outside the prefix 500
+    ("Configuration problem"); nothing is mounted there, so here it is a
+    404 the app never sees, and a scanner's probes are no server errors.
+    """
+    if path_info == script_name or path_info.startswith(script_name + "/"):
+        return path_info[len(script_name):]
+    raise HTTPError(404, "Not Found")
+
+
+def _forwarded_https(environ):
+    """Do a trusted proxy's scheme headers say https? Headers that disagree are refused.
+
+    Each header's first value counts, as Django reads SECURE_PROXY_SSL_HEADER:
+    the one the proxy nearest the client set. A proxy that sets one of them
+    may pass a client's other one on unchanged; when they disagree, no one
+    can say which the proxy wrote, so the request is answered 400 (as gunicorn
+    does) rather than trusted.
+    """
+    said = {environ[key].split(",", 1)[0].strip().lower() == https
+            for key, https in FORWARDED_HTTPS if key in environ}
+    if len(said) > 1:
+        raise HTTPError(400, "Bad Request")
+    return said == {True}
 
 
 def build_environ(context, request, client):
@@ -168,6 +205,8 @@ def build_environ(context, request, client):
     environ = context.base_environ.copy()
     environ["REQUEST_METHOD"] = request.method.decode("latin-1")
     environ["PATH_INFO"] = decode_path(path)
+    if context.script_name:
+        environ["PATH_INFO"] = _below_mount(environ["PATH_INFO"], context.script_name)
     environ["QUERY_STRING"] = query.decode("latin-1")
     environ["RAW_URI"] = request.target.decode("latin-1")
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
@@ -183,11 +222,8 @@ def build_environ(context, request, client):
         if key in environ:
             value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
         environ[key] = value
-    proto = environ.get("HTTP_X_FORWARDED_PROTO")
-    if proto is not None and context.trusts_forwarded(environ["REMOTE_ADDR"]):
-        # The first value, as Django reads SECURE_PROXY_SSL_HEADER: the one the proxy nearest the client set.
-        if proto.split(",", 1)[0].strip().lower() == "https":
-            environ["wsgi.url_scheme"] = "https"
+    if context.trusts_forwarded(environ["REMOTE_ADDR"]) and _forwarded_https(environ):
+        environ["wsgi.url_scheme"] = "https"
     if authority is not None:  # RFC 9112 §3.2.2: absolute-form wins over Host
         environ["HTTP_HOST"] = authority.decode("latin-1")
     if context.unix and "HTTP_HOST" in environ:
@@ -500,7 +536,7 @@ def answer_error(conn, exc, context, request_line, may_queue=None):
     if exc.status < 500:
         log.info("answered %d to %s: %s", exc.status, request_line or "a malformed request", exc.reason)
     if context.access_log:
-        log_request(request_line or "-", exc.status, len(body))
+        log_request(request_line or "-", exc.status, len(body), context.access_log, client=conn.client)
     return exc.status, response.body_sent
 
 
@@ -508,9 +544,15 @@ def _request_line(environ):
     return f'{environ["REQUEST_METHOD"]} {environ["RAW_URI"]} {environ["SERVER_PROTOCOL"]}'
 
 
-def log_request(request_line, status, size):
-    # runserver's line and levels, through its logger and formatter.
-    log_message(
-        access_log, '"%s" %s %s', request_line, str(status), str(size),
-        status_code=status, server_time=time.strftime("%d/%b/%Y %H:%M:%S"),
-    )
+def log_request(request_line, status, size, fmt="runserver", environ=None, client=None, started=None):
+    """One access log line in `fmt` (accesslog.py), with runserver's levels, logger and formatter."""
+    server_time = time.strftime("%d/%b/%Y %H:%M:%S")
+    if fmt == "runserver":
+        log_message(access_log, '"%s" %s %s', request_line, str(status), str(size),
+                    status_code=status, server_time=server_time)
+        return
+    fields = accesslog.fields(request_line, status, size, environ, client, started)
+    line = accesslog.combined(fields) if fmt == "combined" else accesslog.as_json(fields)
+    # The line escaped itself, in its own format's way: as the message, it is not escaped again.
+    log_message(access_log, line, status_code=status, server_time=server_time,
+                **{key: fields[key] for key in ("client_addr", "duration", "user_agent", "request_id")})

@@ -82,6 +82,48 @@ def test_a_timed_out_request_whose_head_went_out_is_cut_short(serve):
     assert server.get()[0] == 200
 
 
+def test_a_timed_out_request_is_counted_in_the_requests_and_their_durations(serve):
+    # The 500 a timeout answers is the one a user saw: leave it out of
+    # prefork_requests_total and the histogram, and the error rate lies.
+    from django_prefork.management.commands.preforkstatus import fetch_status
+
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 2})
+    (victim,) = server.wait_workers(1)
+    assert server.get("/slow?s=30", timeout=20)[0] == 500
+    wait_until(lambda: not alive(victim), message="the timed-out worker to exit")
+    totals = wait_until(lambda: (t := fetch_status(server.pid)["totals"])["requests"] and t,
+                        message="the timed-out request in the totals")
+    assert totals["requests"] == 1
+    assert totals["responses"]["5xx"] == 1
+    assert sum(totals["duration_buckets"].values()) == 1
+    assert totals["duration_sum"] >= 2  # it ran for the whole timeout
+    assert totals["bytes_out"] > 0
+
+
+def multipart(name, size):
+    boundary = "prefork-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"x" * size
+    return body + f"\r\n--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+@pytest.mark.parametrize("path, why", [
+    ("/slow?s=30", "the server's own body buffer past PREFORK_BUFFER_BODY: a TemporaryFile, never named"),
+    ("/upload_then_sleep?s=30", "Django's upload past FILE_UPLOAD_MAX_MEMORY_SIZE: a named file it deletes on close, "
+     "which a worker leaving by os._exit never reaches"),
+])
+def test_a_timeout_kill_leaves_no_temporary_file(serve, tmp_path, path, why):
+    server = serve(env={"TMPDIR": str(tmp_path)}, settings={"PREFORK_WORKERS": 1, "PREFORK_TIMEOUT": 2})
+    (victim,) = server.wait_workers(1)
+    control = set(os.listdir(tmp_path))  # the master's control directory lives there too
+    body, headers = multipart("big.bin", 3 << 20)  # past both 1 MiB and Django's 2.5 MB
+    assert server.request("POST", path, body=body, headers=headers, timeout=20)[0] == 500
+    wait_until(lambda: not alive(victim), message="the timed-out worker to exit")
+    if "upload" in path:
+        assert "upload spooled to" in server.output  # the case happened: Django had named a file
+    assert set(os.listdir(tmp_path)) - control == set(), why
+
+
 def test_broken_app_exits_1_once_without_fork_loop(serve):
     server = serve(settings={"WSGI_APPLICATION": "tests.fixtureapp.broken_wsgi.application"}, wait=False)
     server.wait_exit(1)
@@ -174,3 +216,33 @@ def test_a_worker_exits_when_its_arbiter_dies(serve):
     os.kill(arbiter, signal.SIGKILL)
     # With a 60 s timeout the getppid() check would take 30 s: PR_SET_PDEATHSIG is faster.
     wait_until(lambda: not any(alive(p) for p in workers), timeout=5, message="orphaned workers to exit")
+
+
+# -- unit: what the arbiter decides without forking ---------------------------------------------
+
+def test_the_generation_spec_crosses_exec_through_the_environment():
+    from django_prefork.arbiter import GenerationSpec
+
+    spec = GenerationSpec(number=3, ready_fd=7, listen_fds=[3, 4], worker_count=2, scoreboard_fd=9, block=1)
+    environ = spec.to_environ({"PATH": "/bin"})
+    assert environ["PATH"] == "/bin"
+    assert GenerationSpec.pop_from_environ(environ) == spec
+    assert GenerationSpec.ENV not in environ  # taken out: the workers never see it
+    assert GenerationSpec.pop_from_environ(environ) is None
+
+
+@pytest.mark.parametrize("aborted, recycling, retiring, stopping, code, reason", [
+    (True, None, False, False, -9, "timeout"),
+    (False, "memory", True, False, 0, "memory"),
+    (False, None, True, False, -15, None),  # retired by scaling or a reload
+    (False, None, False, True, 0, None),  # the server stops
+    (False, None, False, False, 0, "max_requests"),
+    (False, None, False, False, 1, "crash"),
+])
+def test_restart_reason_reads_the_worker_record(aborted, recycling, retiring, stopping, code, reason):
+    from django_prefork.arbiter import WorkerProcess, restart_reason
+
+    w = WorkerProcess(4242, 1, beat=None, slot=None)
+    w.aborted_at = 1.0 if aborted else None
+    w.recycling, w.retiring = recycling, retiring
+    assert restart_reason(w, code, stopping) == reason

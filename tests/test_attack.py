@@ -8,7 +8,6 @@ handful of syscalls a tick and no thread each.
 """
 
 import json
-import os
 import signal
 import socket
 import threading

@@ -17,6 +17,10 @@ from django_prefork import checks
     ({"PREFORK_WORKERS": 0, "PREFORK_MAX_WORKERS": 2, "PREFORK_MAX_REQUESTS_JITTER": 5}, ["prefork.E001"]),
     # An error across settings hides a warning.
     ({"PREFORK_WORKERS": 4, "PREFORK_MAX_WORKERS": 2, "PREFORK_MAX_REQUESTS_JITTER": 5}, ["prefork.E051"]),
+    # A worker's timeout budget shorter than the wait on a silent client.
+    ({"PREFORK_TIMEOUT": 5, "PREFORK_CLIENT_TIMEOUT": 10}, ["prefork.W003"]),
+    ({"PREFORK_TIMEOUT": 10, "PREFORK_CLIENT_TIMEOUT": 10}, []),  # equal: the client timeout still applies
+    ({"PREFORK_TIMEOUT": 0, "PREFORK_CLIENT_TIMEOUT": 10}, []),  # 0: no timeout, no budget to outlive
 ])
 def test_findings(settings, ids):
     with override_settings(**settings):
@@ -35,3 +39,13 @@ def test_metrics_with_prometheus_client_passes():
     pytest.importorskip("prometheus_client")
     with override_settings(PREFORK_METRICS="127.0.0.1:9100"):
         assert checks.check_settings() == []
+
+
+@pytest.mark.parametrize("script_name, ids", [
+    ("sub", ["prefork.W004"]),  # no path starts with it: every request would be 404
+    ("/sub", []),
+    ("", []),
+])
+def test_script_name_must_be_a_path(monkeypatch, script_name, ids):
+    monkeypatch.setenv("SCRIPT_NAME", script_name)
+    assert [finding.id for finding in checks.check_settings()] == ids

@@ -12,10 +12,15 @@ import sys
 import textwrap
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import override_settings
 
-from .helpers import EXIT_WAIT, REPO, Server
+from django_prefork import cpus
+from django_prefork.management.commands import runprefork
+
+from .helpers import EXIT_WAIT, REPO, Server, wait_until
 
 
 def test_no_fork_is_a_command_error(monkeypatch):
@@ -72,6 +77,7 @@ def test_socket_activation_serves_on_an_fd_it_did_not_bind(tmp_path, family):
             assert line, banner
             banner += line
         assert f"Starting prefork server at {where}" in banner
+        assert "(backlog 16)" in banner  # the inherited socket's own, not PREFORK_BACKLOG's 2048
         with socket.socket(family_) as sock:
             sock.settimeout(10)
             sock.connect(address)
@@ -125,6 +131,48 @@ def test_banner_says_what_runs(serve):
         "at most 3 requests at once, the rest queue (backlog 64)"
     ) in out
     assert "Quit the server with CONTROL-C." in out
+
+
+def test_the_banner_gives_the_range_scaling_moves_in(serve):
+    server = serve(settings={"PREFORK_WORKERS": 2, "PREFORK_MAX_WORKERS": 4})
+    assert "2 sync workers, 1 thread each" in server.output
+    assert "at most 2 to 4 requests at once, the rest queue" in server.output
+
+
+# (the count's source, the CPUs found, what the banner says, why)
+WORKERS_SAID = [
+    ({"PREFORK_WORKERS": 3}, None, "3 sync workers", "a count the user chose needs no explanation"),
+    ({}, cpus.Cpus(2, 8, 1.5), "2 sync workers (the CPU quota: 1.5 CPUs)",
+     "the default, capped by the quota: say so, or 2 workers on 8 CPUs looks like a bug"),
+    ({}, cpus.Cpus(8, 8), "8 sync workers (the CPUs it may use)", "the default without a quota"),
+]
+
+
+@pytest.mark.parametrize("overrides, found, said, why", WORKERS_SAID, ids=[row[-1] for row in WORKERS_SAID])
+def test_the_banner_says_where_the_worker_count_came_from(monkeypatch, overrides, found, said, why):
+    monkeypatch.setattr(cpus, "default_workers", lambda: found)
+    monkeypatch.delenv("PREFORK_WORKERS", raising=False)
+    with override_settings():
+        del settings.PREFORK_WORKERS  # the fixture's settings set it; the default is the case here
+        count = overrides.get("PREFORK_WORKERS") or found.count
+        assert runprefork.workers_said(count, overrides) == said, why
+
+
+def test_the_banner_is_printed_once_however_often_processes_fork(serve, tmp_path):
+    """stdout a pipe, as under systemd: the banner waits in its buffer, and a
+    fork copies the buffer into every child, which would print it again on exit."""
+    sock = tmp_path / "app.sock"
+    server = serve(addr=f"unix:{sock}", wait=False, env={"PYTHONUNBUFFERED": ""},  # "" is unset to Python
+                   settings={"PREFORK_WORKERS": 1, "PREFORK_MAX_REQUESTS": 1})
+    server.pid, server.url = server.proc.pid, f"unix:{sock}"
+    (first,) = server.wait_workers(1, timeout=30)
+    assert server.get("/pid")[0] == 200  # its last request: a worker recycled, a new one forked
+    wait_until(lambda: first not in server.worker_pids() and len(server.worker_pids()) == 1,
+               message="the recycled worker's successor")
+    os.kill(server.pid, signal.SIGHUP)  # a generation started, generation 1's workers exit
+    server.wait_for(r"generation 2 \(pid \d+\) serving", timeout=30)
+    assert server.stop() == 0
+    assert server.output.count("Starting prefork server at") == 1, server.output
 
 
 def test_worker_count_from_setting_and_option(serve):
@@ -222,3 +270,13 @@ def test_an_unknown_setting_is_a_warning_at_start(serve):
     assert ("(prefork.W002) PREFORK_TIMOUT in settings is not a django-prefork setting; "
             "did you mean PREFORK_TIMEOUT?") in server.output
     assert server.get("/pid")[0] == 200  # a warning does not stop the start
+
+
+def test_the_options_are_generated_from_the_settings_table():
+    from django_prefork import conf
+    from django_prefork.management.commands.runprefork import Command
+
+    parser = Command().create_parser("manage.py", "runprefork")
+    flags = {flag for action in parser._actions for flag in action.option_strings}
+    for setting in conf.SETTINGS:
+        assert set(setting.flags) <= flags, setting.name

@@ -216,3 +216,115 @@ def test_a_reload_during_a_pdb_session_restores_the_masters_settings_not_pdbs(pt
     wait_until(lambda: server.lflag() & ECHOING == ECHOING, message="echo and icanon back on")
     second["thread"].join(15)
     assert server.get()[0] == 200
+
+
+def test_ctrl_c_after_continuing_from_pdb_stops_the_server(pty_server):
+    """`c` leaves pdb's SIGINT handler behind; the worker's own must be back, or Ctrl-C
+    would open a (Pdb) prompt in the worker's loop instead of stopping it."""
+    server = pty_server("--timeout", "2", settings={"PREFORK_WORKERS": 1})
+    wait_until(lambda: len(server.worker_pids()) == 1)
+    request = server.get_in_background("/debug")
+    server.wait_for(re.escape(PROMPT))
+    server.type("c\n")
+    request["thread"].join(15)
+    assert request.get("status") == 200, (request, server.output)
+    assert server.get()[0] == 200  # the worker is back in its loop
+    since = len(server.output)
+    server.type("\x03")  # Ctrl-C: SIGINT to the whole foreground job
+    assert server.proc.wait(20) == 0
+    assert PROMPT not in server.output[since:], server.output[since:]
+
+
+def test_the_workers_sigint_handler_is_back_when_pdb_lets_go(monkeypatch):
+    """Unit: whatever pdb installed during the interaction, the outermost one's end restores the worker's."""
+    import pdb
+
+    from django_prefork import debugger
+
+    def pdbs_handler(signum, frame):
+        pass
+
+    def workers_handler(signum, frame):
+        pass
+
+    def interaction(self, *args):
+        signal.signal(signal.SIGINT, pdbs_handler)  # what `c` does
+        pdb.Pdb._previous_sigint_handler = workers_handler
+
+    class Beat:
+        def set_debugging(self, on):
+            pass
+
+        def notify(self):
+            pass
+
+    monkeypatch.setattr(pdb.Pdb, "interaction", interaction)
+    previous = signal.signal(signal.SIGINT, workers_handler)
+    debugger.install()
+    debugger.attach(Beat())
+    try:
+        pdb.Pdb.interaction(object())
+        assert signal.getsignal(signal.SIGINT) is workers_handler
+        assert pdb.Pdb._previous_sigint_handler is None
+    finally:
+        debugger.attach(None)
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_reload_never_kills_a_worker_at_the_pdb_prompt(pty_server):
+    """The old generation's grace period ends with the person still at the prompt: the
+    worker lives on; when they continue, its request is answered and its generation ends."""
+    server = pty_server("--timeout", "2", "--graceful-timeout", "1", settings={"PREFORK_WORKERS": 1})
+    (worker,) = wait_until(lambda: len(p := server.worker_pids()) == 1 and p)
+    request = server.get_in_background("/debug")
+    server.wait_for(re.escape(PROMPT))
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_for(r"generation 2 \(pid \d+\) serving, 1 workers; stopping generation 1", timeout=30)
+    server.wait_for(r"generation 1: a worker is at the pdb prompt; it ends when you continue")
+    time.sleep(3)  # the point of the test: past the 1 s grace period (and the 2 s timeout), at the prompt
+    assert alive(worker)
+    assert "killing" not in server.output and "SIGKILL" not in server.output
+    since = len(server.output)
+    server.type("c\n")
+    request["thread"].join(15)
+    assert request.get("status") == 200, (request, server.output)
+    assert request["body"] == b"after the breakpoint"
+    server.wait_for(r"generation 1 \(pid \d+\) stopped", since=since)
+    wait_until(lambda: not alive(worker), message="the debugged worker to exit")
+    assert server.get()[0] == 200  # generation 2's worker
+
+
+def test_ctrl_c_stops_a_graceful_stop_held_by_pdb(pty_server):
+    """A TERM waits for the person at the prompt too; Ctrl-C then stops everything at once."""
+    server = pty_server("--graceful-timeout", "1", settings={"PREFORK_WORKERS": 1})
+    wait_until(lambda: len(server.worker_pids()) == 1)
+    server.get_in_background("/debug")
+    server.wait_for(re.escape(PROMPT))
+    os.kill(server.pid, signal.SIGTERM)
+    server.wait_for(r"a worker is at the pdb prompt; it ends when you continue")
+    time.sleep(2)
+    assert server.proc.poll() is None
+    server.type("\x03")
+    assert server.proc.wait(20) == 0
+
+
+# -- unit: the debugger's flag and pauses, no server --------------------------------------------
+
+def test_a_pause_is_given_back_only_after_the_request_started(monkeypatch):
+    from django_prefork import debugger
+
+    monkeypatch.setattr(debugger, "released_at", 100.0)
+    assert debugger.paused_since(90.0) == 10.0  # pdb let go 10 s into the request: the watchdog counts from then
+    assert debugger.paused_since(120.0) == 0.0  # a pause before the request is none of its business
+    assert not debugger.held()
+
+
+def test_install_wraps_pdb_once():
+    import pdb
+
+    from django_prefork import debugger
+
+    debugger.install()
+    wrapped = pdb.Pdb.interaction
+    debugger.install()
+    assert pdb.Pdb.interaction is wrapped and wrapped.prefork_wrapped

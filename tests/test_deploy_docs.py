@@ -1,4 +1,5 @@
-"""The Kubernetes manifests docs/deploy.md gives parse, and fit together.
+"""What docs/deploy.md gives works: the Kubernetes manifests parse and fit
+together, and the gunicorn migration table names settings and flags that exist.
 
 Every ```yaml block of docs/deploy.md is parsed with PyYAML. Of those, the
 HorizontalPodAutoscaler must scale on a Pods metric named as the
@@ -109,3 +110,25 @@ def test_the_adapter_queries_are_promql(tmp_path):
     path.write_text(yaml.safe_dump(rules))
     result = subprocess.run([PROMTOOL, "check", "rules", os.fspath(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def migration_table():
+    text = DOCS.read_text()
+    section = text.split("## Coming from gunicorn", 1)[1].split("\n#", 1)[0]
+    return [line.split("|")[1:4] for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+
+
+def test_the_gunicorn_table_names_only_settings_and_flags_that_exist():
+    """A migration table that names a setting or flag runprefork lacks sends people to an error."""
+    from django_prefork import conf
+    from django_prefork.management.commands.runprefork import Command
+
+    parser = Command().create_parser("manage.py", "runprefork")
+    flags = set(parser._option_string_actions)
+    rows = migration_table()
+    assert len(rows) > 25
+    for gunicorn, ours, _ in rows:
+        for name in re.findall(r"PREFORK_[A-Z_]+", ours):
+            assert name.rstrip("_") in conf.BY_NAME, f"{gunicorn}: no setting {name}"
+        for flag in re.findall(r"`(-[-\w]+)", ours):
+            assert flag in flags, f"{gunicorn}: runprefork has no {flag}"

@@ -67,3 +67,26 @@ def test_the_debugger_flag_leaves_the_request_in_hand_alone(tmp_path):
     beat.set_debugging(False)
     assert not beat.debugging() and beat.current_request() is None
     beat.close()
+
+
+def test_each_app_thread_has_its_own_record_and_pdb_flags_only_its_own(tmp_path):
+    import mmap
+    import threading
+
+    pages = [mmap.mmap(-1, mmap.PAGESIZE) for _ in range(2)]
+    beat = Heartbeat(str(tmp_path), None, pages)
+    first, second, third = beat.records
+    second.start_request(b"GET", b"/slow")
+    assert beat.current_request() is None  # the first thread's record: idle
+    assert [r.current_request()[0] for r in beat.busy_records()] == ["GET /slow"]
+
+    def in_pdb():
+        beat.by_thread[threading.get_ident()] = third
+        beat.set_debugging(True)  # as debugger.py does, from the thread pdb stops
+
+    thread = threading.Thread(target=in_pdb)
+    thread.start()
+    thread.join()
+    assert third.debugging() and not first.debugging() and not second.debugging()
+    assert beat.debugging()  # the arbiter's question: does pdb hold any of them?
+    beat.close()

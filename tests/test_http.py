@@ -377,3 +377,15 @@ def test_a_client_hanging_up_mid_response_is_no_error(server):
         sock.close()  # RST: the server's next write fails
     assert worker_pid(server) == before
     assert "Error serving GET /stream-big" not in server.output
+
+
+# -- unit: the server's own reason phrases ----------------------------------------------------
+
+@pytest.mark.parametrize("status, phrase", [
+    (408, "Request Timeout"), (431, "Request Header Fields Too Large"), (505, "HTTP Version Not Supported"),
+    (599, "Error"),  # no standard name: a generic one, never an exception
+])
+def test_reason_phrases_are_the_standard_ones(status, phrase):
+    from django_prefork.http import reason_phrase
+
+    assert reason_phrase(status) == phrase

@@ -1,10 +1,14 @@
 """logfiles.py: USR1 reopens log files, so a file logrotate moved away is written no more."""
 
 import logging
+import os
+import signal
 
 import pytest
 
 from django_prefork.logfiles import reopen_log_files
+
+from .helpers import Server
 
 
 @pytest.fixture
@@ -37,3 +41,21 @@ def test_a_handler_not_yet_opened_stays_closed(tmp_path):
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+def test_reopening_counts_the_files(file_logger):
+    logger, path = file_logger
+    logger.info("opened")
+    assert reopen_log_files() >= 1
+
+
+def test_usr1_is_logged_by_every_process_that_reopened():
+    """The master, the arbiter and each worker say they reopened: one line each, after USR1."""
+    with Server(settings={"PREFORK_WORKERS": 2}) as server:
+        workers = server.wait_workers(2)
+        os.kill(server.pid, signal.SIGUSR1)
+        server.wait_for(r"master reopened \d+ log files? \(USR1\)")
+        server.wait_for(r"generation 1 reopened \d+ log files? \(USR1\)")
+        for pid in workers:
+            server.wait_for(rf"worker \d \(pid {pid}\) reopened \d+ log files? \(USR1\)")
+        assert server.get()[0] == 200

@@ -286,3 +286,79 @@ def test_usr1_reopens_log_files(serve, tmp_path):
     server.get("/pid?second")
     wait_until(lambda: "second" in log.read_text(), message="a line in the new log file")
     assert "second" not in (tmp_path / "access.log.1").read_text()
+
+
+def test_broken_code_at_start_waits_for_the_fix_with_autoreload(project):
+    """As runserver: a syntax error at start (the master's system checks import the views)
+    is printed, the command waits for a change, then starts afresh in the same pid."""
+    write_views(project, "def broken(:\n    pass\n")
+    server = start_broken(project, "--reload")
+    with server:
+        server.wait_for(r"fix the error and save a file to retry", timeout=30)
+        assert "SyntaxError" in server.output and server.proc.poll() is None
+        write_views(project, "v2")
+        server.wait_banner(timeout=30)
+        assert server.pid == server.proc.pid  # the pid the user started stays the server's
+        server.wait_workers(2)
+        assert server.get("/version")[1].startswith(b"v2 ")
+
+
+def test_an_app_that_cannot_load_at_start_waits_for_the_fix_with_autoreload(project):
+    """The checks pass but the workers cannot load the app: generation 1 ends, the master waits
+    for a change and starts the next generation from fresh code."""
+    (project / "liveapp" / "wsgi.py").write_text(WSGI + "raise RuntimeError('wsgi.py is broken')\n")
+    server = start_broken(project, "--reload")
+    with server:
+        server.wait_banner(timeout=30)
+        server.wait_for(r"generation 1 \(pid \d+\) failed \(exit 1\): nothing serves yet; fix the error", timeout=30)
+        assert "RuntimeError: wsgi.py is broken" in server.output and server.proc.poll() is None
+        write_source(project / "liveapp" / "wsgi.py", WSGI)
+        server.wait_for(r"generation 2 \(pid \d+\) serving", timeout=30)
+        assert server.get("/version")[1].startswith(b"v1 ")
+
+
+def test_broken_code_at_start_without_autoreload_exits_1(project):
+    write_views(project, "def broken(:\n    pass\n")
+    server = start_broken(project, "--noreload")
+    with server:
+        server.wait_exit(1)
+        assert "SyntaxError" in server.output and "retry" not in server.output
+
+
+def start_broken(project, *args):
+    server = Server(*args, env={
+        "PYTHONPATH": f"{project}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "DJANGO_SETTINGS_MODULE": "liveapp.settings",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    })
+    return server.start(wait=False)
+
+
+def write_source(path, source):
+    path.write_text(source)
+    stamp = time.time() + 2
+    os.utime(path, (stamp, stamp))
+
+
+# -- unit: the master's view of a generation, no server ----------------------------------------
+
+def test_a_generation_is_ready_once_its_arbiter_writes_r():
+    from django_prefork.master import BOOTING, Generation
+
+    read_end, write_end = os.pipe()
+    generation = Generation(2, 4242, read_end, 2, None)
+    try:
+        assert generation.state == BOOTING and generation.is_reload
+        assert not generation.said_ready()  # nothing written yet: never blocks
+        os.write(write_end, b"R")
+        assert generation.said_ready()
+        assert generation.ready_fd is None  # the pipe is closed once it said so
+        assert not generation.said_ready()
+    finally:
+        os.close(write_end)
+
+
+def test_generation_one_is_no_reload():
+    from django_prefork.master import Generation
+
+    assert not Generation(1, 4242, None, 2, None).is_reload

@@ -38,8 +38,10 @@ def suffix(family):
 def test_the_document_is_json_with_every_key_preforkstatus_reads():
     doc = json.loads(json.dumps(metrics.document(hand_snapshot())))
     assert doc["server"] == "django-prefork"
-    assert doc["master"] == {"pid": 4242, "name": "testproject", "uptime": 3725.0}
+    assert doc["master"] == {"pid": 4242, "name": "testproject", "uptime": 3725.0,
+                             "cpu_seconds": None, "rss": None, "open_fds": None, "start_time": None}
     assert (doc["healthy"], doc["generation"], doc["workers"], doc["busy"]) == (True, 2, 2, 1)
+    assert (doc["busy_workers"], doc["threads"]) == (1, 2)
     assert doc["generations"] == [{"number": 2, "state": "serving", "pid": 4300, "workers": 2}]
     assert doc["worker_target"] == 2 and doc["worker_bounds"] is None
     assert doc["totals"]["requests"] == 8
@@ -49,7 +51,8 @@ def test_the_document_is_json_with_every_key_preforkstatus_reads():
     busy = doc["worker_list"][1]
     assert busy == {"slot": 1, "number": 2, "pid": 4302, "state": "busy", "age": 12.0, "request": "GET /slow?x=1",
                     "request_age": 2.5, "requests": 3, "rss": None, "uss": None, "generation": 2,
-                    "connections": None}
+                    "connections": None, "busy_threads": None, "threads": None, "cpu_seconds": None,
+                    "open_fds": None, "start_time": None}
 
 
 def test_a_listen_queue_the_kernel_cannot_count_is_absent_not_zero():
@@ -151,3 +154,35 @@ def test_the_apps_multiprocess_metrics_are_added(tmp_path, monkeypatch):
     found = families(hand_snapshot())
     assert value(found["app_orders"]) == 3
     assert "prefork_workers" in found
+
+
+# -- process_* and build info ---------------------------------------------------------------
+
+def test_process_families_cover_the_master_and_each_worker_and_leave_out_what_was_not_read():
+    from django_prefork.snapshot import MasterInfo, WorkerInfo
+
+    master = MasterInfo(pid=4242, name="testproject", uptime=1.0, cpu_seconds=2.5, rss=30 << 20, open_fds=12,
+                        start_time=1.7e9)
+    read = WorkerInfo(slot=0, number=1, pid=4301, state="idle", age=1.0, request=None, request_age=None, requests=0,
+                      rss=50 << 20, uss=None, generation=2, cpu_seconds=0.75, open_fds=9, start_time=1.7e9 + 5)
+    unread = WorkerInfo(slot=1, number=2, pid=4302, state="booting", age=0.1, request=None, request_age=None,
+                        requests=0, rss=None, uss=None, generation=2)
+    text = metrics.exposition(hand_snapshot(master=master, workers=(read, unread))).decode()
+    assert 'process_cpu_seconds_total{pid="4242",process="master",worker=""} 2.5' in text
+    assert 'process_open_fds{pid="4242",process="master",worker=""} 12.0' in text
+    assert 'process_cpu_seconds_total{pid="4301",process="worker",worker="1"} 0.75' in text
+    assert 'process_resident_memory_bytes{pid="4301",process="worker",worker="1"} 5.24288e+07' in text
+    assert 'process_start_time_seconds{pid="4301",process="worker",worker="1"} 1.700000005e+09' in text
+    assert 'pid="4302"' not in text.split("# HELP process_cpu_seconds")[1], "not read yet: absent, never 0"
+
+
+def test_build_info_names_the_versions():
+    import platform
+
+    import django
+
+    from django_prefork import __version__
+
+    text = metrics.exposition(hand_snapshot()).decode()
+    assert (f'prefork_build_info{{django="{django.get_version()}",python="{platform.python_version()}",'
+            f'version="{__version__}"}} 1.0') in text

@@ -1,5 +1,6 @@
 """manage.py preforkstatus: its table rendered from a document, finding the master, asking it; no server."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -24,14 +25,25 @@ def test_the_table_from_a_document():
     assert lines[1] == "  http://127.0.0.1:8000/: 3 waiting in the listen queue (backlog 2048)"
     assert lines[2] == "  unix:/run/x.sock: listen queue not known on this platform"
     assert lines[3] == "  workers: 1 busy of 2 (target 2)"
-    assert lines[4] == "  requests: 8 (2xx 6, 3xx 1, 4xx 1)"
-    assert lines[5] == "  reloads: 1 ok, 0 failed; worker restarts: timeout 1"
-    header, idle, busy = lines[7:]
-    assert header.split() == ["WORKER", "PID", "GEN", "STATE", "FOR", "REQUESTS", "RSS", "USS", "AGE", "REQUEST"]
-    assert idle.split() == ["1", "4301", "2", "idle", "5", "50M", "20M", "1m"]
-    assert busy.split() == ["2", "4302", "2", "busy", "2.5s", "3", "-", "-", "12.0s", "GET", "/slow?x=1"]
+    assert lines[4] == "  connections: none held"
+    assert lines[5] == "  requests: 8 (2xx 6, 3xx 1, 4xx 1)"
+    assert lines[6] == "  reloads: 1 ok, 0 failed; worker restarts: timeout 1"
+    header, idle, busy = lines[8:]
+    assert header.split() == ["WORKER", "PID", "GEN", "STATE", "FOR", "REQUESTS", "CONNS(r/w/o/i)", "RSS", "USS", "AGE",
+                              "REQUEST"]
+    assert idle.split() == ["1", "4301", "2", "idle", "5", "-", "50M", "20M", "1m"]
+    assert busy.split() == ["2", "4302", "2", "busy", "2.5s", "3", "-", "-", "-", "12.0s", "GET", "/slow?x=1"]
     assert header.index("STATE") == idle.index("idle") == busy.index("busy")  # the columns line up
     assert header.rindex("REQUEST") == busy.index("GET /slow")
+
+
+def test_connections_by_state_in_total_and_per_worker():
+    snapshot = hand_snapshot()
+    held = {"reading": 2, "waiting": 1, "writing": 0, "idle": 7, "lingering": 0}
+    workers = tuple(dataclasses.replace(w, connections=held) for w in snapshot.workers)
+    text = preforkstatus.render(document(dataclasses.replace(snapshot, workers=workers)))
+    assert "  connections: 4 reading, 2 waiting, 14 idle" in text
+    assert " 2/1/0/7 " in text
 
 
 def test_scaling_is_shown_only_between_two_bounds():

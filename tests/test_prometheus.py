@@ -14,6 +14,7 @@ import pathlib
 import re
 import shutil
 import socket
+import time
 import subprocess
 import urllib.error
 import urllib.parse
@@ -43,6 +44,7 @@ FAMILIES = {
     "prefork_reloads": "counter",
     "prefork_generation": "gauge",
     "prefork_worker_memory_bytes": "gauge",
+    "prefork_build_info": "gauge",
 }
 SAMPLE_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
                    "gauge": ()}
@@ -205,6 +207,31 @@ def test_the_exposition_parses_and_every_family_has_help_and_type(server):
     if hasattr(socket, "TCP_INFO"):  # the kernel's figures, on Linux
         assert sample("prefork_listen_backlog", listener=server.url) > 0
         assert sample("prefork_queued_connections", listener=server.url) == 0
+
+
+def test_process_metrics_are_each_processs_own(server):
+    """process_* for the master and each worker, read from /proc by the master and the arbiter."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape():
+        text = http_get(server.metrics_port, "/metrics")[2].decode()
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name.startswith("process_")]
+        return {(s.name, s.labels["process"], s.labels["pid"]): s.value for s in samples}
+
+    workers = server.wait_workers(2)
+    # The arbiter reads the workers about once a second: wait for a look at both.
+    found = wait_until(lambda: all(("process_open_fds", "worker", str(p)) in (f := scrape()) for p in workers) and f,
+                       message="process_* of both workers")
+    master = str(server.pid)
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
+                 "process_start_time_seconds"):
+        assert (name, "master", master) in found, name
+        for pid in workers:
+            assert (name, "worker", str(pid)) in found, (name, pid)
+    assert found[("process_open_fds", "master", master)] >= 3  # at least the listener, the control socket, /metrics
+    assert found[("process_resident_memory_bytes", "worker", str(workers[0]))] > 1 << 20
+    started = found[("process_start_time_seconds", "worker", str(workers[0]))]
+    assert found[("process_start_time_seconds", "master", master)] <= started <= time.time()
 
 
 # -- a real Prometheus -------------------------------------------------------------------

@@ -147,3 +147,22 @@ def test_complete_requests_held_by_workers_count_as_waiting(tmp_path):
         writer.set_connections({"reading": 5, "waiting": waiting, "writing": 1, "idle": 7, "lingering": 0})
     # Heads still arriving (reading) and idle keep-alive connections are no demand for a worker.
     assert board.waiting_requests(block) == 5
+
+
+def test_a_slot_has_a_record_for_each_thread(tmp_path):
+    from django_prefork.heartbeat import Record
+    from django_prefork.scoreboard import Scoreboard
+
+    board = Scoreboard.create(str(tmp_path), 2, threads=3)
+    block = board.claim_block(1)
+    board.assign(block, 0, 1)
+    records = [Record(board.heartbeat_record(block, 0))] + [Record(p) for p in board.thread_records(block, 0)]
+    assert len(records) == 3
+    records[2].start_request(b"GET", b"/a")
+    records[0].start_request(b"POST", b"/b")
+    board.writer(block, 0, lambda: None).booted()
+    (row,) = board.workers(block)
+    assert row["state"] == "busy" and row["busy_threads"] == 2
+    assert [t["request"] for t in row["threads"]] == ["POST /b", None, "GET /a"]
+    board.assign(block, 1, 2)  # the next slot starts past every record of the first
+    assert board.workers(block)[0]["busy_threads"] == 2

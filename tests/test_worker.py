@@ -20,7 +20,8 @@ from django_prefork.worker import SyncWorker
 
 CONFIG = dict(keepalive=5.0, client_timeout=5.0, limit_request_line=8190, limit_request_fields=100,
               limit_request_field_size=8190, client_min_rate=0, timeout=30, access_log=False,
-              forwarded_allow_ips=("127.0.0.1",), backlog=64, gc_freeze=False)
+              access_log_format="runserver", forwarded_allow_ips=("127.0.0.1",), backlog=64, gc_freeze=False,
+              limit_request_body=0, threads=1)
 
 
 class FakeReactor:
@@ -268,10 +269,11 @@ def test_answer_timed_out_sends_500_and_lingers(make_worker):
     conn.queue(b"stale bytes never sent")  # dropped: the 500 is the whole answer
     client.shutdown(socket.SHUT_WR)  # the client's end: the linger ends at once
     started = time.monotonic()
-    w.answer_timed_out()
+    counted = w.answer_timed_out()
     assert time.monotonic() - started < 1  # did not linger its full LINGER_SECONDS
     response, body = read_response(client)
     assert response.status_code == 500 and body.startswith(b"500 Internal Server Error: the request timed out")
+    assert counted == (500, len(body))  # what the counters get: the answer the client saw
     assert (b"connection", b"close") in [(n, v) for n, v in response.headers]
     conn.close()
     client.close()
@@ -287,14 +289,16 @@ def test_answer_timed_out_to_a_head_request_has_no_body(make_worker):
     client.close()
 
 
-@pytest.mark.parametrize("kwargs, why", [
-    ({"head_sent": True}, "the client has a status already: the close tells it the rest"),
-    ({"request": False}, "idle: no request to answer"),
-    ({"closed": True}, "a finished request's socket is closed: never written to"),
+@pytest.mark.parametrize("kwargs, counted, why", [
+    ({"head_sent": True}, (200, 0), "the client has a status already: the close tells it the rest"),
+    ({"request": False}, (0, 0), "idle: no request to answer, none to count"),
+    ({"closed": True}, (500, 0), "a finished request's socket is closed: never written to; the request failed"),
 ])
-def test_answer_timed_out_says_nothing_when_it_must_not(make_worker, kwargs, why):
+def test_answer_timed_out_says_nothing_when_it_must_not(make_worker, kwargs, counted, why):
     w, conn, client = timed_out_worker(make_worker, **kwargs)
-    w.answer_timed_out()
+    if kwargs.get("head_sent"):
+        w.context_of_request.response.status_code = 200
+    assert w.answer_timed_out() == counted, why
     conn.close()
     client.settimeout(5)
     assert client.recv(100) == b"", why

@@ -56,6 +56,15 @@ def test_forwarded_proto_takes_the_first_value_as_django_does(serve):
     assert scheme_seen(server, b"http, https") == "http"
 
 
+def test_script_name_mounts_the_app_under_its_prefix(serve):
+    server = serve(env={"SCRIPT_NAME": "/sub"}, settings={"PREFORK_WORKERS": 1, "WSGI_APPLICATION": RAW_APPS})
+    status, body = server.get("/sub/echo?x=1")
+    assert status == 200
+    seen = json.loads(body)
+    assert (seen["SCRIPT_NAME"], seen["PATH_INFO"], seen["QUERY_STRING"]) == ("/sub", "/echo", "x=1")
+    assert server.get("/echo")[0] == 404  # outside the mount: nothing of the app's is there
+
+
 def test_a_unix_socket_peer_is_always_trusted(serve, tmp_path):
     server = serve(addr=f"unix:{tmp_path}/app.sock", settings={
         "PREFORK_WORKERS": 1, "WSGI_APPLICATION": RAW_APPS, "PREFORK_FORWARDED_ALLOW_IPS": [],
@@ -86,7 +95,7 @@ def config(**overrides):
     """The fields of conf.Config that WorkerContext reads."""
     values = dict(keepalive=5.0, client_timeout=5.0, limit_request_line=8190, limit_request_fields=100,
                   limit_request_field_size=8190, client_min_rate=0, timeout=0, access_log=False,
-                  forwarded_allow_ips=("127.0.0.1",))
+                  access_log_format="runserver", forwarded_allow_ips=("127.0.0.1",), limit_request_body=0, threads=1)
     values.update(overrides)
     return types.SimpleNamespace(**values)
 
@@ -557,6 +566,66 @@ def test_environ(raw, key, expected, why):
 
     run(raw, app)
     assert seen.get(key) == expected, why
+
+
+def environ_seen(raw, **kwargs):
+    """The environ the app saw, or the status the server answered in its place."""
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    exchange = run(raw, app, **kwargs)
+    return seen or parse(exchange.data)[0].status_code
+
+
+def forwarded(*headers):
+    return request(b"GET / HTTP/1.1", b"Host: x", *headers)
+
+
+# (id, headers, the scheme or the server's status, why)
+SCHEME_CASES = [
+    ("ssl-on", [b"X-Forwarded-Ssl: on"], "https", "gunicorn's secure_scheme_headers: X-Forwarded-Ssl"),
+    ("ssl-off", [b"X-Forwarded-Ssl: off"], "http", "off is no https"),
+    ("protocol-ssl", [b"X-Forwarded-Protocol: ssl"], "https", "gunicorn's secure_scheme_headers: X-Forwarded-Protocol"),
+    ("case", [b"X-Forwarded-Ssl: ON"], "https", "values are compared without case, as Django's proxies send them"),
+    ("all-agree", [b"X-Forwarded-Proto: https", b"X-Forwarded-Ssl: on"], "https", "agreeing headers"),
+    ("disagree", [b"X-Forwarded-Proto: http", b"X-Forwarded-Ssl: on"], 400,
+     "the proxy set one and passed the client's other on: no one can say which is true (gunicorn: 400)"),
+    ("none", [], "http", "no header: the connection's own scheme"),
+]
+
+
+@pytest.mark.parametrize("headers, expected, why", [c[1:] for c in SCHEME_CASES], ids=[c[0] for c in SCHEME_CASES])
+def test_a_trusted_proxys_scheme_headers(headers, expected, why):
+    seen = environ_seen(forwarded(*headers))
+    assert (seen if isinstance(seen, int) else seen["wsgi.url_scheme"]) == expected, why
+
+
+def test_an_untrusted_peers_scheme_headers_are_ignored():
+    seen = environ_seen(forwarded(b"X-Forwarded-Ssl: on", b"X-Forwarded-Proto: http"), forwarded_allow_ips=())
+    assert seen["wsgi.url_scheme"] == "http"  # neither counted nor refused: they are the client's words
+
+
+# (SCRIPT_NAME, request target, (SCRIPT_NAME, PATH_INFO) the app sees, or the server's status; why)
+MOUNT_CASES = [
+    ("/sub", b"/sub/echo/", ("/sub", "/echo/"), "the prefix goes to SCRIPT_NAME, the rest is PATH_INFO"),
+    ("/sub", b"/sub", ("/sub", ""), "the mount point itself: PATH_INFO empty, as PEP 3333 allows"),
+    ("/sub/", b"/sub/x", ("/sub", "/x"), "a trailing slash in SCRIPT_NAME is dropped"),
+    ("/sub", b"/s%75b/x", ("/sub", "/x"), "matched after percent-decoding, as PATH_INFO is"),
+    ("/sub", b"/subway", 404, "whole segments only: /subway is not under /sub"),
+    ("/sub", b"/echo/", 404, "outside the mount nothing of the app's is there (gunicorn: 500)"),
+    ("", b"/echo/", ("", "/echo/"), "no SCRIPT_NAME: the app at the root"),
+]
+
+
+@pytest.mark.parametrize("script_name, target, expected, why", MOUNT_CASES, ids=[c[-1] for c in MOUNT_CASES])
+def test_script_name_from_the_environment(monkeypatch, script_name, target, expected, why):
+    monkeypatch.setenv("SCRIPT_NAME", script_name)
+    seen = environ_seen(request(b"GET " + target + b" HTTP/1.1", b"Host: x"))
+    assert (seen if isinstance(seen, int) else (seen["SCRIPT_NAME"], seen["PATH_INFO"])) == expected, why
 
 
 def test_environ_on_a_unix_socket_takes_the_server_from_host():

@@ -15,4 +15,5 @@ urlpatterns = [
     path("loaded_by", views.loaded_by),
     path("debug", views.debug),
     path("stream_then_sleep", views.stream_then_sleep),
+    path("upload_then_sleep", views.upload_then_sleep),
 ]

@@ -96,3 +96,12 @@ def stream_then_sleep(request):
         yield b"never\n"
 
     return StreamingHttpResponse(chunks(), content_type="text/plain")
+
+
+@csrf_exempt
+def upload_then_sleep(request):
+    """Django spools an upload past FILE_UPLOAD_MAX_MEMORY_SIZE to a named file, then the view hangs."""
+    names = [f.temporary_file_path() for f in request.FILES.values() if hasattr(f, "temporary_file_path")]
+    print("upload spooled to", *names, file=sys.stderr, flush=True)
+    time.sleep(float(request.GET.get("s", "30")))
+    return HttpResponse("never")

@@ -186,6 +186,13 @@ def _seconds(s):
     return f"{s / 60:.0f}m" if s < 3600 else f"{s / 3600:.1f}h"
 
 
+def _connections(held):
+    """A worker's connections as reading/waiting/writing (out)/idle, or '-' before it said."""
+    if not held:
+        return "-"
+    return "/".join(str(held.get(state, 0)) for state in ("reading", "waiting", "writing", "idle"))
+
+
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: what a terminal acts on rather than shows
 
 
@@ -223,6 +230,8 @@ def render(doc):
         low, high = doc["worker_bounds"]
         workers += f", scaling {low}-{high}: {doc['scaling']['up']} up, {doc['scaling']['down']} down"
     lines.append(workers + ")")
+    held = doc.get("connections") or {}
+    lines.append("  connections: " + (", ".join(f"{n} {state}" for state, n in held.items() if n) or "none held"))
     totals = doc["totals"]
     responses = ", ".join(f"{k} {v}" for k, v in totals["responses"].items() if v)
     lines.append(f"  requests: {totals['requests']} ({responses or 'none yet'})")
@@ -230,11 +239,12 @@ def render(doc):
     lines.append(f"  reloads: {doc['reloads']['ok']} ok, {doc['reloads']['failed']} failed; "
                  f"worker restarts: {restarts or 'none'}")
     lines.append("")
-    header = ("WORKER", "PID", "GEN", "STATE", "FOR", "REQUESTS", "RSS", "USS", "AGE", "REQUEST")
+    header = ("WORKER", "PID", "GEN", "STATE", "FOR", "REQUESTS", "CONNS(r/w/o/i)", "RSS", "USS", "AGE", "REQUEST")
     rows = [header]
     for w in sorted(doc["worker_list"], key=lambda w: (w["generation"], w["number"])):
         rows.append((str(w["number"]), str(w["pid"]), str(w["generation"]), w["state"],
-                     _seconds(w["request_age"]), str(w["requests"]), _size(w["rss"]), _size(w["uss"]),
+                     _seconds(w["request_age"]), str(w["requests"]), _connections(w.get("connections")),
+                     _size(w["rss"]), _size(w["uss"]),
                      _seconds(w["age"]), w["request"] or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for row in rows:

@@ -13,6 +13,8 @@ import functools
 import logging
 import os
 import sys
+import time
+import traceback
 from datetime import datetime
 
 from django.apps import apps
@@ -20,8 +22,9 @@ from django.conf import settings
 from django.contrib.staticfiles.management.commands.runserver import Command as StaticfilesRunserver
 from django.core.management.base import CommandError
 from django.core.management.commands.runserver import Command as RunserverCommand
+from django.utils import autoreload
 
-from django_prefork import conf, pidfile, sockets
+from django_prefork import conf, cpus, pidfile, sockets
 from django_prefork.arbiter import GenerationSpec, run_generation
 from django_prefork.master import Master
 from django_prefork.status import project_id
@@ -134,7 +137,44 @@ class Command(StaticfilesRunserver):
         # No reloader thread: a thread in a process that forks can deadlock it.
         options["use_threading"] = False  # basehttp.run() then calls server_cls as is
         self.server_cls = functools.partial(PreforkServer, self)
-        self.inner_run(None, **options)
+        self.serving = False
+        if conf.resolve(self.overrides)["PREFORK_RELOAD"].value is not True:
+            self.inner_run(None, **options)
+            return
+        try:
+            # check_errors: Django's autoreloader then watches the file a SyntaxError names.
+            autoreload.check_errors(self.inner_run)(None, **options)
+        except Exception as exc:
+            if self.serving:
+                raise  # the master's own failure, after it started: not the project's code
+            self.wait_for_a_fix(exc)
+
+    def wait_for_a_fix(self, exc):
+        """Broken code at start with autoreload on: as runserver does, say why and wait for a change.
+
+        Nothing is bound yet; once a watched file changes the command execs
+        itself, in the same pid, to import the code afresh.
+        """
+        from django_prefork.reloader import CodeWatcher
+
+        # Its first look before we say so: a fix saved right after the message is a change.
+        watcher = CodeWatcher(getattr(settings, "BASE_DIR", None) or os.getcwd())
+        if isinstance(exc, CommandError):
+            self.stderr.write(str(exc))  # system checks: their own report, as Django prints it
+        else:
+            traceback.print_exc()
+        self.stderr.write("The project could not start; fix the error and save a file to retry "
+                          "(autoreload on). Quit with CONTROL-C.")
+        try:
+            while not watcher.changed():
+                time.sleep(1)
+        except KeyboardInterrupt:
+            sys.exit(0)
+        self.stderr.write("A file changed; starting again.")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        args = autoreload.get_child_arguments()
+        os.execv(args[0], args)
 
     def get_handler(self, *args, **options):
         """What the workers call to load the app (the arbiter, only to preload)."""
@@ -162,21 +202,23 @@ class Command(StaticfilesRunserver):
         else:
             host = f"[{self.addr}]" if self._raw_ipv6 else ("0.0.0.0" if self.addr == "0" else self.addr)
             where = f"{self.protocol}://{host}:{server_port}/"
-        n = self.config.workers
-        workers = f"{n} sync worker{'s' if n != 1 else ''}"
+        threads = self.config.threads
+        shape = ", 1 thread each" if threads == 1 else f" × {threads} threads"
         quit_command = "CONTROL-C"
         self.stdout.write(
             f"{datetime.now().strftime('%B %d, %Y - %X')}\n"
             f"Django version {self.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
             f"Starting prefork server at {where}\n"
-            f"Master pid {os.getpid()}: {workers}, 1 thread each, slow clients held by an event loop; "
-            f"at most {n} request{'s' if n != 1 else ''} at once, the rest queue (backlog {self.config.backlog})\n"
+            f"Master pid {os.getpid()}: {workers_said(self.config.workers, self.overrides)}{shape}, "
+            f"slow clients held by an event loop; at most {requests_at_once(self.config)} at once, the rest queue "
+            f"(backlog {real_backlog(self.listeners, self.config.backlog)})\n"
             f"Generation 1; reload with kill -HUP {os.getpid()}"
             f"{' or by saving a file (autoreload on)' if self.config.reload else ''}\n"
             f"Quit the server with {quit_command}."
         )
 
     def run_master(self, listeners, load_app):
+        self.serving = True
         configure_logging()
         if self.pidfile:
             pidfile.write(self.pidfile)
@@ -218,6 +260,36 @@ class Command(StaticfilesRunserver):
             raise CommandError(str(exc)) from None
         if status:
             sys.exit(status)
+
+
+def workers_said(count, overrides):
+    """"4 sync workers", and where a default count came from: the CPUs, or the CPU quota."""
+    said = f"{count} sync worker{'s' if count != 1 else ''}"
+    if conf.resolve(overrides)["PREFORK_WORKERS"].source == conf.DEFAULT:
+        said += f" ({cpus.default_workers().source})"
+    return said
+
+
+def requests_at_once(config):
+    """"4 requests", or with scaling the range the arbiter moves in: "2 to 4 requests"
+    (app threads count: 2 workers × 8 threads are 16 requests)."""
+    low, high = config.workers * config.threads, max(config.max_workers, config.workers) * config.threads
+    count = f"{low} to {high}" if high > low else f"{low}"
+    return f"{count} request{'s' if high != 1 else ''}"
+
+
+def real_backlog(listeners, configured):
+    """The listen queues' length as the kernel has it, else PREFORK_BACKLOG.
+
+    A socket systemd (or anyone) handed over was made with its own backlog
+    (systemd's Backlog=, SOMAXCONN by default), and the kernel caps ours at
+    net.core.somaxconn: the setting alone may not be the truth.
+    """
+    found = set()
+    for listener in listeners:
+        queue = sockets.listen_queue(listener.sock)
+        found.add(queue[1] if queue is not None else configured)
+    return " and ".join(str(b) for b in sorted(found)) or str(configured)
 
 
 def load_config(overrides, environ=None):
