@@ -260,7 +260,9 @@ class Master(Supervisor):
             from prometheus_client import CONTENT_TYPE_LATEST
 
             # Rendered in a child, off this loop: the app's registry may take seconds (status.Offload).
-            return Offload("/metrics", CONTENT_TYPE_LATEST, lambda: exposition(snapshot.take(self)))
+            # The snapshot is taken here, though: in the child, the master's own process_* would be the child's.
+            taken = snapshot.take(self)
+            return Offload("/metrics", CONTENT_TYPE_LATEST, lambda: exposition(taken))
         return 404, "text/plain; charset=utf-8", b"/metrics, /healthz or /status\n"
 
     # -- generations -----------------------------------------------------------

@@ -597,6 +597,7 @@ def test_healthz_and_signals_stay_fast_however_long_metrics_takes(serve, tmp_pat
     server = start(serve, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     samples = metrics(server)
     assert samples["app_requests_total,view=view599"] == 599  # the app's series are all there
+    assert f"process_start_time_seconds,pid={server.pid},process=master,worker=" in samples  # the master's, not the child's
     stop = threading.Event()
     scraped = []
 
