@@ -245,6 +245,8 @@ SETTINGS = (
             "Largest request body, bytes (→ 413; 0 = no limit): what one upload may spool to disk."),
     Setting("PREFORK_ACCESS_LOG_FORMAT", "prefork.E027", "runserver", _one_of("runserver", "combined", "json"),
             "The access log's line: runserver's, combined (with client, duration, user agent, X-Request-ID), json."),
+    Setting("PREFORK_METRICS_SOCKET_MODE", "prefork.E028", 0o600, _socket_mode,
+            "Mode of a PREFORK_METRICS unix socket (default: the server's user only)."),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -372,6 +374,7 @@ class Config:
     buffer_body: object  # bytes kept in memory; None: bodies are streamed
     limit_request_body: int  # bytes; 0 = no limit
     access_log_format: str  # runserver, combined or json (accesslog.py)
+    metrics_socket_mode: int  # a PREFORK_METRICS unix socket's; private unless opened
 
     @classmethod
     def load(cls, overrides=None, environ=None):

@@ -41,7 +41,7 @@ from .arbiter import GenerationSpec, run_generation
 from .metrics import document, exposition, prometheus_available
 from .scoreboard import Scoreboard
 from .signals import close_wakeup_pipe, flush_std_streams
-from .status import StatusChannel
+from .status import Offload, StatusChannel
 from .supervisor import HALT_STATUS, HaltServer, Supervisor, kill_quietly
 from .terminal import Terminal
 
@@ -123,7 +123,7 @@ class Master(Supervisor):
         slots = max(64, 4 * max(config.workers, getattr(config, "max_workers", 0) or 0))
         self.scoreboard = Scoreboard.create(config.worker_tmp_dir, slots, config.threads)
         self.lifetime = snapshot.Lifetime(self.scoreboard)
-        self.status = StatusChannel(self.render_status)
+        self.status = StatusChannel(self.render_status, reap=False)  # the loop reaps every child
         self.project = None  # set by the command: which project this server serves, for preforkstatus
         self.overrides, self.environment = {}, {}  # set by the command: its PREFORK_* flags and variables
         self.served = False  # some generation has served: server_ready was sent
@@ -233,7 +233,7 @@ class Master(Supervisor):
             log.warning("no control socket for preforkstatus: %s", exc)
         if self.config.metrics:
             try:
-                sock = self.status.open_metrics(self.config.metrics, self.config.unix_socket_mode)
+                sock = self.status.open_metrics(self.config.metrics, self.config.metrics_socket_mode)
             except OSError as exc:
                 raise HaltServer(f"PREFORK_METRICS {self.config.metrics}: {exc.strerror or exc}. "
                                  "Is another server using that address?") from None
@@ -259,7 +259,10 @@ class Master(Supervisor):
                 return 501, "text/plain; charset=utf-8", b"pip install 'django-prefork[metrics]' for /metrics\n"
             from prometheus_client import CONTENT_TYPE_LATEST
 
-            return 200, CONTENT_TYPE_LATEST, exposition(snapshot.take(self))
+            # Rendered in a child, off this loop: the app's registry may take seconds (status.Offload).
+            # The snapshot is taken here, though: in the child, the master's own process_* would be the child's.
+            taken = snapshot.take(self)
+            return Offload("/metrics", CONTENT_TYPE_LATEST, lambda: exposition(taken))
         return 404, "text/plain; charset=utf-8", b"/metrics, /healthz or /status\n"
 
     # -- generations -----------------------------------------------------------

@@ -361,3 +361,16 @@ def hand_snapshot(**fields):
     )
     defaults.update(fields)
     return Snapshot(**defaults)
+
+
+def forked_as(uid, work):
+    """Fork a child that becomes `uid` (its group too) and runs `work()`; its pid. Takes root."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            work()
+        finally:
+            os._exit(0)
+    return pid

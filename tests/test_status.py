@@ -7,10 +7,14 @@ what the master says while workers are busy, die, recycle and reload.
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +22,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .helpers import REPO, alive, metrics_url, receive_all, wait_until
+from .helpers import REPO, alive, forked_as, metrics_url, receive_all, wait_until
 
 RAW_APPS = "tests.fixtureapp.rawapps.application"
 
@@ -454,8 +458,10 @@ def test_what_the_master_renders(monkeypatch, method, path, healthy, code):
 
 def test_the_master_renders_metrics_from_the_snapshot(monkeypatch):
     monkeypatch.setattr(master_module.snapshot, "take", lambda master: hand_snapshot())
-    code, content_type, body = master_module.Master.render_status(SimpleNamespace(), "GET", "/metrics")
-    assert code == 200 and content_type.startswith("text/plain")
+    answer = master_module.Master.render_status(SimpleNamespace(), "GET", "/metrics")
+    assert isinstance(answer, status.Offload)  # produced in a child, off the master's loop
+    content_type, body = answer.content_type, answer.produce()
+    assert content_type.startswith("text/plain")
     found = {f.name: f for f in text_string_to_metric_families(body.decode())}
     assert found["prefork_workers_busy"].samples[0].value == 1
 
@@ -473,12 +479,63 @@ def test_the_runtime_dir(monkeypatch, xdg, expected):
     assert status.runtime_dir() == expected
 
 
-def test_a_control_directory_open_to_others_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode, owner, why", [
+    (0o755, None, "has mode 0755"),  # another user could swap the socket for theirs
+    (0o700, 65534, "belongs to uid 65534"),  # made first by another user in the shared /tmp
+    (0o700, "symlink", "not a directory but a symlink"),  # pointing to a directory of the attacker's choosing
+])
+def test_a_control_directory_not_private_to_this_user_is_refused(tmp_path, monkeypatch, mode, owner, why):
+    if owner == 65534 and os.getuid() != 0:
+        pytest.skip("making a directory of another uid takes root")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    (tmp_path / "django-prefork").mkdir(mode=0o755)
-    os.chmod(tmp_path / "django-prefork", 0o755)  # another user could swap the socket for theirs
-    with pytest.raises(PermissionError):
-        status.StatusChannel(render).open_control_socket("tests@/x")
+    directory = tmp_path / "django-prefork"
+    if owner == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        directory.symlink_to(tmp_path / "elsewhere")
+    else:
+        directory.mkdir()
+        os.chmod(directory, mode)
+        if owner is not None:
+            os.chown(directory, owner, -1)
+    channel = status.StatusChannel(render)
+    with pytest.raises(status.Untrusted, match=why) as refused:
+        channel.open_control_socket("tests@/x")
+    assert "Remove the directory" in str(refused.value) and "XDG_RUNTIME_DIR" in str(refused.value)
+    assert channel.listeners == [] and os.listdir(tmp_path / "elsewhere" if owner == "symlink" else directory) == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="a client of another uid takes root")
+def test_the_control_socket_answers_only_its_user_and_root(tmp_path):
+    # The directory's mode keeps other users out; were it opened, the kernel's word on who
+    # connected (SO_PEERCRED) still would. Here the socket is open to all, to let nobody try.
+    channel = status.StatusChannel(render)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = tempfile.mkdtemp(dir="/tmp") + "/control.sock"
+    os.chmod(os.path.dirname(path), 0o755)
+    sock.bind(path)
+    os.chmod(path, 0o777)
+    channel._listen(sock, private=True)
+    answers_r, answers_w = os.pipe()
+
+    def ask():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(5)
+            client.connect(path)
+            client.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            os.write(answers_w, receive_all(client)[:12] or b"closed")
+
+    try:
+        for uid, answer in [(65534, b"closed"), (0, b"HTTP/1.1 200")]:  # nobody: dropped unanswered; root: served
+            pid = forked_as(uid, ask)
+            wait_until(lambda: channel.serve() or select.select([answers_r], [], [], 0)[0],
+                       message=f"uid {uid}'s connection settled")
+            assert os.read(answers_r, 100) == answer
+            os.waitpid(pid, 0)
+    finally:
+        channel.close()
+        shutil.rmtree(os.path.dirname(path))
+        os.close(answers_r)
+        os.close(answers_w)
 
 
 def test_dead_masters_control_files_are_removed(tmp_path, monkeypatch):
@@ -496,3 +553,174 @@ def test_dead_masters_control_files_are_removed(tmp_path, monkeypatch):
     finally:
         channel.close()
     assert sorted(os.listdir(directory)) == sorted([f"{os.getppid()}.json", "notes.txt"])
+
+
+@pytest.mark.parametrize("umask, mode, expected", [
+    (0o022, None, 0o600),  # the usual umask: /status names every request in hand, so not even readable by others
+    (0o000, None, 0o600),  # no umask at all: the default alone keeps it private
+    (0o077, 0o660, 0o660),  # opened on purpose (a group Prometheus shares), whatever the umask
+])
+def test_a_unix_metrics_socket_is_private_unless_opened(tmp_path, umask, mode, expected):
+    channel = status.StatusChannel(render)
+    path = tmp_path / "metrics.sock"
+    old = os.umask(umask)
+    try:
+        channel.open_metrics(f"unix:{path}", *(() if mode is None else (mode,)))
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == expected
+    finally:
+        channel.close()
+
+
+def test_the_metrics_socket_mode_is_a_setting_the_environment_can_give(serve, tmp_path):
+    path = tmp_path / "metrics.sock"
+    serve(settings={"PREFORK_METRICS": f"unix:{path}"}, env={"PREFORK_METRICS_SOCKET_MODE": "640"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+APP_SERIES = """
+from prometheus_client import Counter, Histogram
+requests = Counter("app_requests", "Requests by view.", ["view"])
+latency = Histogram("app_latency_seconds", "Latency by view.", ["view"])
+for n in range(600):  # 600 counters + 600 histograms of 12 buckets and 2 sums: some 9,000 series
+    requests.labels(f"view{n}").inc(n)
+    latency.labels(f"view{n}").observe(n / 1000)
+"""
+
+
+def test_healthz_and_signals_stay_fast_however_long_metrics_takes(serve, tmp_path):
+    # The app's multiprocess metrics take the master a good 100 ms and more to aggregate and render
+    # here. /healthz and a HUP must not wait on that, however many scrapes come at once.
+    subprocess.run([sys.executable, "-c", APP_SERIES], env=dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)),
+                   check=True)
+    server = start(serve, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    samples = metrics(server)
+    assert samples["app_requests_total,view=view599"] == 599  # the app's series are all there
+    assert f"process_start_time_seconds,pid={server.pid},process=master,worker=" in samples  # the master's, not the child's
+    stop = threading.Event()
+    scraped = []
+
+    def scrape():
+        while not stop.is_set():
+            status, body = fetch(server, "/metrics", timeout=30)
+            scraped.append(status == 200 and b"view599" in body)
+
+    scrapers = [threading.Thread(target=scrape) for _ in range(8)]
+    for thread in scrapers:
+        thread.start()
+    try:
+        waits = []
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            waits.append(_timed(fetch, server, "/healthz"))
+            time.sleep(0.05)
+        hup_at = time.monotonic()
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_for("starting generation 2", timeout=10)
+        hup_wait = time.monotonic() - hup_at
+    finally:
+        stop.set()
+        for thread in scrapers:
+            thread.join(30)
+    assert len(scraped) >= 8 and all(scraped), "every scrape answered in full"
+    assert max(waits) < 0.2, f"/healthz took up to {max(waits):.3f} s while /metrics was scraped"
+    assert hup_wait < 0.5, f"a HUP waited {hup_wait:.3f} s"
+
+
+def offloading(produce):
+    """A render that offloads /slow to `produce` and answers the rest in the loop."""
+    def render_with(method, path):
+        if path == "/slow":
+            return status.Offload("/slow", "text/plain; charset=utf-8", produce)
+        return render(method, path)
+    return render_with
+
+
+def _pid_after(seconds):
+    time.sleep(seconds)
+    return b"rendered by %d\n" % os.getpid()
+
+
+def _fails():
+    raise RuntimeError("a bug in producing")
+
+
+def _bytes(n):
+    return b"x" * n
+
+
+GET_SLOW = b"GET /slow HTTP/1.1\r\n\r\n"
+
+
+@pytest.mark.parametrize("produce, request_bytes, deadline, status_line, body", [
+    (lambda: _pid_after(0.3), GET_SLOW, 10, b"HTTP/1.1 200 OK", b"rendered by "),  # by a child, not us
+    (_fails, GET_SLOW, 10, b"HTTP/1.1 500 ", b"Internal Server Error\n"),  # logged, never the master down
+    (lambda: _pid_after(30), GET_SLOW, 0.5, b"HTTP/1.1 503 ", b"Took too long; try again\n"),  # killed
+    (lambda: _bytes(100_000), GET_SLOW, 10, b"HTTP/1.1 200 OK", b"x" * 100_000),  # > a pipe's 64 KiB
+    (lambda: _pid_after(0), b"HEAD /slow HTTP/1.1\r\n\r\n", 10, b"HTTP/1.1 200 OK", b""),  # the head only, as in the loop
+], ids=["answer", "failure", "too-slow", "larger-than-a-pipe", "head"])
+def test_an_offloaded_answer(monkeypatch, produce, request_bytes, deadline, status_line, body):
+    monkeypatch.setattr(status, "RENDER_DEADLINE", deadline)
+    response = exchange(request_bytes, render=offloading(produce))
+    head, _, got = response.partition(b"\r\n\r\n")
+    assert head.startswith(status_line), response[:200]
+    if body.startswith(b"rendered by "):
+        assert got.startswith(body) and int(got.split()[-1]) != os.getpid()
+    else:
+        assert got == body
+
+
+def test_the_loop_answers_while_a_child_renders_and_the_waiters_share_one_child():
+    channel = status.StatusChannel(offloading(lambda: _pid_after(1.0)))
+    sock = channel.open_metrics("127.0.0.1:0")
+    address = sock.getsockname()
+    scrapes = [socket.create_connection(address, timeout=5) for _ in range(3)]
+    try:
+        for conn in scrapes:
+            conn.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(lambda: channel.serve() or sum(len(r.clients) for r in channel.renders.values()) == 3,
+                   message="three scrapes waiting on one child")
+        assert len(channel.renders) == 1
+        started = time.monotonic()
+        with socket.create_connection(address, timeout=5) as probe:
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_until(lambda: channel.serve() or select.select([probe], [], [], 0)[0], message="the probe answered")
+            assert receive_all(probe).startswith(b"HTTP/1.1 200 OK")
+        assert time.monotonic() - started < 0.5 and channel.renders, "answered while the child still renders"
+        wait_until(lambda: channel.serve() or not channel.clients, message="the scrapes answered")
+        bodies = {receive_all(conn).partition(b"\r\n\r\n")[2] for conn in scrapes}
+        assert len(bodies) == 1 and bodies.pop().startswith(b"rendered by ")  # one child's answer, for all three
+    finally:
+        for conn in scrapes:
+            conn.close()
+        channel.close()
+
+
+def test_a_client_whose_request_is_already_buffered_is_never_evicted():
+    # Under a connect flood the channel makes room by evicting a client that has said nothing.
+    # One whose request arrived after its last read has said it: it must be read, not reset.
+    channel = status.StatusChannel(render)
+    sock = channel.open_metrics("127.0.0.1:0")
+    address = sock.getsockname()
+    first = [socket.create_connection(address, timeout=5) for _ in range(status.MAX_CLIENTS)]
+    try:
+        wait_until(lambda: channel.serve() or len(channel.clients) == status.MAX_CLIENTS,
+                   message="every connection accepted before it spoke")
+        for conn in first:  # they speak now: in the socket, not yet read by the channel
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        flood = [socket.create_connection(address, timeout=5) for _ in range(status.MAX_CLIENTS)]
+        for conn in flood:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)  # everything is in the kernel's buffers before the next turn
+        everyone = first + flood
+        answers = []
+        for conn in everyone:
+            wait_until(lambda: channel.serve() or select.select([conn], [], [], 0)[0], message="an answer")
+            answers.append(receive_all(conn)[:15])
+        assert answers == [b"HTTP/1.1 200 OK"] * len(everyone)
+    finally:
+        for conn in first + flood:
+            conn.close()
+        channel.close()
