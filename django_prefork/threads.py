@@ -151,8 +151,10 @@ class AppThreads:
         self.records[index].end_request()
         if worker.slot is not None:
             worker.slot.count(500, 0, age)
-            worker.slot.ask_recycle()  # the arbiter forks the successor, then asks us to finish
-        worker.recycle = True  # take no more requests; the other threads finish theirs
+            worker.slot.ask_recycle()  # the arbiter forks the successor, then asks us to finish (USR2)
+            worker.asked_successor = True  # take no more requests meanwhile; the others finish theirs
+        else:
+            worker.recycle = True  # no scoreboard to ask through: leave, and be replaced after
 
     def answer_timed_out(self, index, line, age):
         """The 500, if no response head went out yet; then the socket shut (never closed: the

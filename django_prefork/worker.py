@@ -49,6 +49,7 @@ class SyncWorker:
         self.load_app = load_app
         self.alive = True
         self.recycle = False  # SIGUSR2: finish the request in hand, then exit (its successor runs already)
+        self.asked_successor = False  # a thread timed out: the arbiter is asked for a successor (threads.py)
         self.served = 0
         self.max_requests = max_requests  # this worker's own, jitter included; 0 = never
         self.contexts = {}  # listener fd -> its WorkerContext
@@ -239,8 +240,9 @@ class SyncWorker:
                 while pool.free and (conn := reactor.next_request()) is not None:
                     pool.dispatch(conn)
                 reactor.room = pool.free > 0  # with every thread busy, the listen queue keeps new clients
-                if reactor.stopping and reactor.drained() and pool.idle():
-                    return
+                if reactor.stopping and reactor.drained() and pool.idle() \
+                        and (self.recycle or not self.alive or not self.asked_successor):
+                    return  # a worker that asked for a successor waits for it (the arbiter's USR2)
                 if pool.stuck_since and time.monotonic() - pool.stuck_since > self.config.graceful_timeout:
                     log.warning("worker %d (pid %d): a timed-out thread is still stuck; exiting",
                                 self.number, os.getpid())
@@ -304,8 +306,9 @@ class SyncWorker:
             self.heartbeat.end_request()
 
     def leaving(self):
-        """TERM, a recycle (USR2, max requests): every connection closes after its response."""
-        return not self.alive or self.recycle
+        """TERM, a recycle (USR2, max requests), a successor asked for: every connection closes
+        after its response."""
+        return not self.alive or self.recycle or self.asked_successor
 
     def last_request(self):
         """Is the request in hand this worker's last? Its response then says Connection: close."""
@@ -313,7 +316,7 @@ class SyncWorker:
 
     def queued_at_stop(self):
         """After TERM: the connections already queued are served; a recycle leaves them to the successor."""
-        if self.recycle:
+        if self.recycle or self.asked_successor:
             return 0
         return queued_connections(self.listeners, self.config.backlog)
 

@@ -58,7 +58,7 @@ def test_the_environ_says_multithread(serve):
 
 
 def test_a_stuck_thread_is_reported_with_its_stack_answered_500_and_its_siblings_finish(serve):
-    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_THREADS": 4, "PREFORK_TIMEOUT": 2,
+    server = serve(settings={"PREFORK_WORKERS": 1, "PREFORK_THREADS": 4, "PREFORK_TIMEOUT": 3,
                              "PREFORK_GRACEFUL_TIMEOUT": 10, "WSGI_APPLICATION": RAW_APPS})
     (worker,) = server.wait_workers(1)
     stuck, siblings = [], []
@@ -66,7 +66,7 @@ def test_a_stuck_thread_is_reported_with_its_stack_answered_500_and_its_siblings
     threads += [threading.Thread(target=get, args=(server, "/sleep?1.5", siblings)) for _ in range(2)]
     threads[0].start()
     wait_until(lambda: _busy(server) == 1, message="the stuck request running")
-    time.sleep(1.0)  # the siblings start later, so they are running when the stuck one times out
+    time.sleep(1.8)  # the siblings start later, so they are running when the stuck one times out (at 3 s)
     for thread in threads[1:]:
         thread.start()
     for thread in threads:
