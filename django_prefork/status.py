@@ -225,12 +225,7 @@ class StatusChannel:
                 os.unlink(stale)
             except FileNotFoundError:
                 pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o077)
-        try:
-            sock.bind(sock_path)
-        finally:
-            os.umask(old_umask)
+        sock = _bind_unix(sock_path, 0o077)
         check_private(sock_path, os.getuid(), "socket")  # what preforkstatus will check too
         self._listen(sock, private=True)
         with open(info_path + ".tmp", "w") as f:
@@ -249,12 +244,7 @@ class StatusChannel:
         if address.startswith("unix:"):
             path = address[len("unix:"):]
             remove_stale_unix_socket(path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            old_umask = os.umask(0o177)
-            try:
-                sock.bind(path)
-            finally:
-                os.umask(old_umask)
+            sock = _bind_unix(path, 0o177)
             os.chmod(path, unix_mode)
             self.control_files += (path,)
         else:
@@ -529,3 +519,12 @@ class StatusChannel:
         render.clients.clear()
 
 
+def _bind_unix(path, umask):
+    """A unix socket bound at `path` under `umask`: private from its first moment."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(umask)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    return sock

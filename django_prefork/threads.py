@@ -35,9 +35,7 @@ import time
 import traceback
 from collections import deque
 
-from .lifecycle import ANSWER_TIMEOUT
-from .transport import ClientDisconnected
-from .wsgi import Response, WorkerContext, log_request, serve_connection
+from .wsgi import WorkerContext, answer_timeout, serve_connection
 
 log = logging.getLogger("django_prefork")
 
@@ -163,18 +161,7 @@ class AppThreads:
         if response is None:
             return
         conn = response.conn
-        if not response.head_sent:
-            body = f"500 Internal Server Error: the request timed out after {age:.0f} s\n".encode()
-            answer = Response(conn, response.head_only, response.http11, io_timeout=ANSWER_TIMEOUT)
-            answer.start_response("500 Internal Server Error", [
-                ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
-            ])
-            try:
-                answer.write(body)
-                if self.worker.config.access_log:
-                    log_request(line, 500, len(body))
-            except ClientDisconnected:
-                pass
+        answer_timeout(response, line, time.monotonic() - age, self.worker.config)
         conn.keep_alive = False
         try:
             conn.sock.shutdown(socket.SHUT_RDWR)

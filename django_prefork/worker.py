@@ -25,13 +25,12 @@ import time
 import traceback
 
 from . import debugger, heartbeat, hooks
-from .lifecycle import ANSWER_TIMEOUT, idle_wait
+from .lifecycle import idle_wait
 from .signals import die_with_parent, drain, flush_std_streams, signal_wakeup_pipe
 from .sockets import queued_connections
 from .reactor import Reactor
 from .threads import AppThreads
-from .transport import ClientDisconnected
-from .wsgi import Response, WorkerContext, answer_error, log_request, serve_connection
+from .wsgi import WorkerContext, answer_error, answer_timeout, serve_connection
 
 log = logging.getLogger("django_prefork")
 
@@ -150,25 +149,11 @@ class SyncWorker:
             return 0, 0  # idle: there is no request to count
         if response is None or response.conn.sock.fileno() == -1:
             return 500, 0  # its connection is gone: the request failed all the same
-        if response.head_sent:
-            return response.status_code, response.body_sent  # closing tells the client the rest
-        conn = response.conn
-        conn.drop_output()
-        age = time.monotonic() - current[1]
-        body = f"500 Internal Server Error: the request timed out after {age:.0f} s\n".encode()
-        answer = Response(conn, response.head_only, response.http11, io_timeout=ANSWER_TIMEOUT)
-        answer.start_response("500 Internal Server Error", [
-            ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
-        ])
-        try:
-            answer.write(body)
-        except ClientDisconnected:
-            return 500, 0
-        if self.config.access_log:
-            log_request(current[0], 500, len(body), self.config.access_log_format, client=conn.client,
-                        started=current[1])
-        conn.linger()  # let the client read it before the close
-        return 500, len(body)
+        answering = not response.head_sent
+        status, sent = answer_timeout(response, current[0], current[1], self.config)
+        if answering and sent:
+            response.conn.linger()  # let the client read our 500 before the close
+        return status, sent
 
     def boot(self):
         self.heartbeat.notify()
@@ -212,13 +197,8 @@ class SyncWorker:
                 continue
             if reactor.stopping and reactor.drained():
                 return
-            if os.getppid() != self.ppid:
-                log.warning("worker %d (pid %d): the arbiter is gone; exiting", self.number, os.getpid())
+            if not self.wait_for_work(wait):
                 return
-            if reactor.wait(wait):
-                drain(self.wakeup_r)
-            if reactor.swept != self.published_at:  # a few times a second, not every turn
-                self.publish_connections()
 
     def serve_threaded(self, app):
         """The same loop, the app slot N threads (threads.py): the main thread keeps the
@@ -247,15 +227,22 @@ class SyncWorker:
                     log.warning("worker %d (pid %d): a timed-out thread is still stuck; exiting",
                                 self.number, os.getpid())
                     return
-                if os.getppid() != self.ppid:
-                    log.warning("worker %d (pid %d): the arbiter is gone; exiting", self.number, os.getpid())
+                if not self.wait_for_work(wait):
                     return
-                if reactor.wait(wait):
-                    drain(self.wakeup_r)
-                if reactor.swept != self.published_at:
-                    self.publish_connections()
         finally:
             pool.stop()
+
+    def wait_for_work(self, wait):
+        """Nothing to run now: let the event loop wait (at most `wait` s); False when the
+        arbiter is gone and the worker must leave."""
+        if os.getppid() != self.ppid:
+            log.warning("worker %d (pid %d): the arbiter is gone; exiting", self.number, os.getpid())
+            return False
+        if self.reactor.wait(wait):
+            drain(self.wakeup_r)
+        if self.reactor.swept != self.published_at:  # a few times a second, not every turn
+            self.publish_connections()
+        return True
 
     def count_refused(self, status, sent):
         """A request the loop answered itself: counted, and no thread's record touched."""

@@ -22,6 +22,7 @@ from django.utils.log import log_message
 from . import __version__, accesslog
 from .conf import forwarded_trust
 from .http import TOKEN, Body, HTTPError, Limits, decode_path, reason_phrase, split_target
+from .lifecycle import ANSWER_TIMEOUT
 from .transport import QUEUE, ClientDisconnected, check_deadline
 
 log = logging.getLogger("django_prefork")
@@ -546,6 +547,28 @@ def answer_error(conn, exc, context, request_line, may_queue=None):
 
 def _request_line(environ):
     return f'{environ["REQUEST_METHOD"]} {environ["RAW_URI"]} {environ["SERVER_PROTOCOL"]}'
+
+
+def answer_timeout(response, line, started, config):
+    """The watchdog's 500 to the client of a request past PREFORK_TIMEOUT, if no head went
+    out yet (a close without a word makes a browser send the request again, to the next
+    worker); bounded by ANSWER_TIMEOUT. Returns (status, body bytes sent) for the counters."""
+    if response.head_sent:
+        return response.status_code, response.body_sent  # closing tells the client the rest
+    conn = response.conn
+    conn.drop_output()
+    body = f"500 Internal Server Error: the request timed out after {time.monotonic() - started:.0f} s\n".encode()
+    answer = Response(conn, response.head_only, response.http11, io_timeout=ANSWER_TIMEOUT)
+    answer.start_response("500 Internal Server Error", [
+        ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+    ])
+    try:
+        answer.write(body)
+    except ClientDisconnected:
+        return 500, 0
+    if config.access_log:
+        log_request(line, 500, len(body), config.access_log_format, client=conn.client, started=started)
+    return 500, len(body)
 
 
 def log_request(request_line, status, size, fmt="runserver", environ=None, client=None, started=None):

@@ -270,13 +270,3 @@ def test_an_unknown_setting_is_a_warning_at_start(serve):
     assert ("(prefork.W002) PREFORK_TIMOUT in settings is not a django-prefork setting; "
             "did you mean PREFORK_TIMEOUT?") in server.output
     assert server.get("/pid")[0] == 200  # a warning does not stop the start
-
-
-def test_the_options_are_generated_from_the_settings_table():
-    from django_prefork import conf
-    from django_prefork.management.commands.runprefork import Command
-
-    parser = Command().create_parser("manage.py", "runprefork")
-    flags = {flag for action in parser._actions for flag in action.option_strings}
-    for setting in conf.SETTINGS:
-        assert set(setting.flags) <= flags, setting.name

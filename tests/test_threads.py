@@ -10,6 +10,7 @@ import json
 import signal
 import threading
 import time
+import types
 
 from .helpers import wait_until
 
@@ -144,3 +145,33 @@ def test_a_new_connection_is_not_starved_by_kept_ones(serve):
     for loop in loops:
         loop.join()
     assert len(waits) >= 3 and max(waits) < 1.0, waits
+
+
+# -- unit: the pool's bookkeeping, no server ---------------------------------------------------
+
+def test_the_pool_counts_free_threads_and_hands_back_what_they_finished(tmp_path):
+    import socket as socket_module
+
+    from django_prefork import conf
+    from django_prefork.heartbeat import Heartbeat
+    from django_prefork.sockets import Listener
+    from django_prefork.threads import AppThreads
+
+    listener = Listener(socket_module.create_server(("127.0.0.1", 0)))
+    worker = types.SimpleNamespace(
+        heartbeat=Heartbeat(str(tmp_path)), listeners=[listener], number=1, slot=None, recycle=False,
+        config=conf.Config.load(), last_request=lambda: False,
+    )
+    pool = AppThreads(worker, app=None, count=1, may_queue=None)
+    try:
+        assert pool.free == 1 and pool.idle()
+        pool.free -= 1  # as dispatch() does, without a thread to take it
+        pool.done.append((0, "conn", 200, 5, 0.01))
+        assert pool.collect() == [(0, "conn", 200, 5, 0.01)] and pool.free == 1
+        pool.timed_out.add(0)  # a stuck thread is not waited for
+        pool.free -= 1
+        assert pool.idle()
+        assert not pool.watch(time.monotonic(), 30)  # no request in hand: nothing to judge
+    finally:
+        listener.close()
+        worker.heartbeat.close()
