@@ -157,6 +157,15 @@ _metrics_address.wants = 'None, "host:port" (such as "127.0.0.1:9108") or "unix:
 _metrics_address.parse = str
 
 
+def _request_counts(value):
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)
+
+
+_request_counts.wants = "a list of request counts > 0, such as [50, 100, 1000] ([] = never refork)"
+_request_counts.parse = lambda text: [int(word) for word in _list(text)]
+
+
 def forwarded_trust(allowed):
     """A predicate on a TCP peer's address: may it say X-Forwarded-Proto?"""
     if "*" in allowed:
@@ -245,6 +254,8 @@ SETTINGS = (
             "Largest request body, bytes (→ 413; 0 = no limit): what one upload may spool to disk."),
     Setting("PREFORK_ACCESS_LOG_FORMAT", "prefork.E027", "runserver", _one_of("runserver", "combined", "json"),
             "The access log's line: runserver's, combined (with client, duration, user agent, X-Request-ID), json."),
+    Setting("PREFORK_REFORK_AFTER", "prefork.E028", (), _request_counts,
+            "Request counts after which a warmed worker becomes the mold new workers are forked from; [] = off."),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -372,6 +383,7 @@ class Config:
     buffer_body: object  # bytes kept in memory; None: bodies are streamed
     limit_request_body: int  # bytes; 0 = no limit
     access_log_format: str  # runserver, combined or json (accesslog.py)
+    refork_after: tuple = ()  # request counts (refork.py); () = never
 
     @classmethod
     def load(cls, overrides=None, environ=None):
@@ -380,4 +392,5 @@ class Config:
         values = {setting.field: found[setting.name].value for setting in SETTINGS}
         if values["max_workers"] is None:
             values["max_workers"] = values["workers"]  # no scaling unless asked
+        values["refork_after"] = tuple(values["refork_after"])
         return cls(**values)
