@@ -228,3 +228,22 @@ def test_term_during_a_refork_loses_nothing():
             assert server.proc.wait(30) == 0
         assert load.ok and not load.failures, load.failures
         assert not any(alive(pid) for pid in everyone)
+
+
+def test_a_mold_that_dies_is_replaced_by_the_next_promotion():
+    with refork_server([60], workers=2) as server:
+        server.wait_workers(2)
+        with Load(server) as load:
+            server.wait_for(r"refork 1 done", timeout=60)
+        [mold] = mold_pids(server)
+        os.kill(mold, signal.SIGKILL)
+        server.wait_for(rf"the mold \(pid {mold}\) ended with -9; the arbiter forks until the next promotion")
+        # A worker lost meanwhile is forked by the arbiter, whole: never by a half-made mold.
+        victim = serving_workers(server)[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(serving_workers(server)) == 2 and victim not in serving_workers(server),
+                   message="a replacement")
+        with Load(server) as load:
+            server.wait_for(r"refork 2 done", timeout=60)
+        assert not load.failures, load.failures
+        assert len(mold_pids(server)) == 1 and mold not in mold_pids(server)
