@@ -143,7 +143,7 @@ class Mold:
         if names:
             log.warning("worker %d (pid %d) cannot be the mold: threads besides its main one run (%s); "
                         "it exits, and the arbiter keeps forking", self.worker.number, os.getpid(), ", ".join(names))
-            self.tell(b"X" + ", ".join(names).encode()[:200])
+            self.worker.tell(b"X" + ", ".join(names).encode()[:200])
             return
         close_shared_clients()
         # The listeners stay open, never accepted on: the children inherit them.
@@ -155,7 +155,7 @@ class Mold:
         proctitle.set_title(f"runprefork mold [{self.arbiter.name}] generation {self.arbiter.generation}")
         self.control.setblocking(True)
         self.control.settimeout(1.0)
-        self.tell(b"M")
+        self.worker.tell(b"M")
         while True:
             if os.getppid() != self.worker.ppid:
                 os._exit(0)
@@ -176,13 +176,7 @@ class Mold:
             finally:
                 for fd in fds:
                     os.close(fd)
-            self.tell(b"P%d" % pid if pid else b"F")
-
-    def tell(self, data):
-        try:
-            self.control.send(data)
-        except OSError:
-            pass
+            self.worker.tell(b"P%d" % pid if pid else b"F")
 
     def fork_worker(self, request, fds):
         """Double fork: the worker is reparented to the arbiter (a subreaper); its pid, or 0."""

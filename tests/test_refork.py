@@ -93,25 +93,24 @@ class Load:
             conn.close()
 
 
-def serving_workers(server):
-    """The workers of the serving generation (the mold excluded: it serves nothing)."""
-    pids = []
-    for arbiter in server.arbiter_pids():
-        for pid in children(arbiter):
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"worker" in f.read():
-                    pids.append(pid)
-    return pids
-
-
-def mold_pids(server):
+def processes(server, kind):
+    """The arbiters' children whose title names `kind` ("worker", "mold")."""
     found = []
     for arbiter in server.arbiter_pids():
         for pid in children(arbiter):
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"mold" in f.read():
+                if kind.encode() in f.read():
                     found.append(pid)
     return found
+
+
+def serving_workers(server):
+    """The workers of every generation (the mold excluded: it serves nothing)."""
+    return processes(server, "worker")
+
+
+def mold_pids(server):
+    return processes(server, "mold")
 
 
 def refork_server(counts, workers=4, **settings):
