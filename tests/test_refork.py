@@ -38,8 +38,9 @@ def smaps(pid):
 class Load:
     """Clients on persistent connections (so the workers' hand-off thread runs), counting failures."""
 
-    def __init__(self, server, clients=4, path="/warm"):
+    def __init__(self, server, clients=4, path="/warm", keepalive=True):
         self.server, self.path = server, path
+        self.headers = {} if keepalive else {"Connection": "close"}
         self.ok = 0
         self.failures = []
         self.pids = set()
@@ -67,7 +68,7 @@ class Load:
                 conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=20)
             fresh = conn.sock is None
             try:
-                conn.request("GET", self.path)
+                conn.request("GET", self.path, headers=self.headers)
                 response = conn.getresponse()
                 body = response.read()
                 if response.status != 200:
@@ -152,7 +153,7 @@ def test_refork_shares_what_the_workers_built_with_no_failed_request():
         after = {pid: smaps(pid) for pid in serving_workers(server)}
         assert len(after) == 4 and not set(after) & set(before)
         # Each child answers /warm from the mold's cache: it never built one of its own.
-        with Load(server, clients=8) as load:
+        with Load(server, clients=8, keepalive=False) as load:  # a connection each: every worker gets some
             wait_until(lambda: set(after) <= load.pids, timeout=20, message="every new worker answered")
         assert not load.failures and load.pids == set(after)
         after = {pid: smaps(pid) for pid in after}
