@@ -16,7 +16,7 @@ import time
 
 from django_prefork import conf, refork
 
-from .helpers import Server, alive, children, wait_until
+from .helpers import Server, alive, children, hand_snapshot, wait_until
 
 RAW_APPS = "tests.fixtureapp.rawapps.application"
 MIB = 1048576
@@ -138,6 +138,20 @@ def test_the_setting_is_off_by_default_and_validated():
     assert refork.threshold((50, 100), 1, True) == 100
     assert refork.threshold((50, 100), 2, True) == 0  # the list is done: the last mold stays
     assert refork.threshold((50, 100), 2, False) == 100  # ... unless it died: the next promotion replaces it
+
+
+def test_metrics_show_the_reforks_and_each_workers_mold_generation():
+    import dataclasses
+
+    from django_prefork import metrics
+
+    snap = hand_snapshot()
+    snap = dataclasses.replace(snap, reforks=2, workers=(
+        dataclasses.replace(snap.workers[0], mold_generation=2), snap.workers[1]))
+    text = metrics.exposition(snap).decode()
+    assert "prefork_reforks_total 2.0" in text
+    assert 'prefork_worker_mold_generation{generation="2",worker="1"} 2.0' in text
+    assert 'prefork_worker_mold_generation{generation="2",worker="2"} 0.0' in text
 
 
 def test_refork_shares_what_the_workers_built_with_no_failed_request():
