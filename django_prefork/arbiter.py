@@ -29,7 +29,7 @@ import signal
 import socket
 import time
 
-from . import debugger, heartbeat, lifecycle, proctitle
+from . import debugger, heartbeat, lifecycle, proctitle, refork
 from .heartbeat import Heartbeat
 from .lifecycle import BOOT_RETRY_WAIT, KILL_AFTER_ABORT, STARVED_AFTER
 from .capacity import LOOK_EVERY, Scaler, mem_available
@@ -103,6 +103,17 @@ def mark_process_dead(pid):
         multiprocess.mark_process_dead(pid)
 
 
+def mib(memory):
+    """A USS (or a (RSS, USS) pair) for the log; "?" where it could not be read."""
+    if isinstance(memory, tuple):
+        memory = memory[1]
+    return "?" if memory is None else f"{memory / 1048576:.1f} MiB"
+
+
+def mean(values):
+    return sum(values) / len(values) if values else None
+
+
 def restart_reason(w, code, stopping):
     """Why a worker is being replaced, for prefork_worker_restarts_total; None: it was retired."""
     return lifecycle.restart_reason(w.aborted_at is not None, w.recycling, stopping or w.retiring, code)
@@ -122,6 +133,10 @@ class WorkerProcess:
         self.aborted_at = None  # monotonic time of the timeout SIGABRT
         self.killed = False  # we sent SIGKILL ourselves
         self.ready = False
+        self.control = None  # our end of its refork channel (refork.py), or None
+        self.mold_generation = 0  # the refork whose mold forked it; 0: we did
+        self.due = False  # it served its refork count: it may be promoted
+        self.promoting = False  # sent PROMOTE; not yet the mold
 
     def __str__(self):
         return f"worker {self.number} (pid {self.pid})"
@@ -150,6 +165,13 @@ class Arbiter(Supervisor):
         self.looked_at = 0.0
         self.short_of_memory_said = 0.0
         self.lot = None  # the workers' hand-off sockets (reactor.handoff_lot); None without keep-alive
+        # Refork (refork.py): on with PREFORK_REFORK_AFTER, for sync workers only.
+        self.refork = bool(config.refork_after) and config.threads == 1
+        self.mold = None  # the WorkerProcess that is the mold now
+        self.old_molds = {}  # pid -> WorkerProcess: molds replaced by a newer one, until reaped
+        self.reforks = 0  # promotions done
+        self.promoting = None  # the worker sent PROMOTE
+        self.refork_said = 0  # the last refork whose end was logged
 
     def __str__(self):
         return f"generation {self.generation}"
@@ -161,6 +183,12 @@ class Arbiter(Supervisor):
         debugger.install()  # once, before forking: the workers share the wrapped pdb
         if self.config.keepalive:
             self.lot = handoff_lot()  # before forking: every worker of the generation shares it
+        if self.config.refork_after and self.config.threads > 1:
+            log.warning("PREFORK_REFORK_AFTER is ignored with PREFORK_THREADS > 1: a worker running threads "
+                        "is never used as a mold")
+        if self.refork and not refork.become_subreaper():
+            log.warning("PREFORK_REFORK_AFTER is ignored: this system has no child subreaper (Linux ≥ 3.4)")
+            self.refork = False
         if self.config.preload_app:
             app = self.load_app()
             self.load_app = lambda: app
@@ -169,7 +197,7 @@ class Arbiter(Supervisor):
 
     def nap(self):
         # Look more often while workers boot: the master waits on their readiness.
-        if any(not w.ready for w in self.workers.values()):
+        if any(not w.ready for w in self.workers.values()) or self.refork_busy():
             return 0.1
         return LOOK_EVERY if self.scaler.enabled else 1.0
 
@@ -181,6 +209,8 @@ class Arbiter(Supervisor):
         self.notice_booted_workers()
         self.murder_lazy_workers()
         self.scale_workers()
+        if self.refork:
+            self.tend_refork()
         self.maintain_worker_count()
         self.measure_workers()
         return None
@@ -199,7 +229,8 @@ class Arbiter(Supervisor):
         self.signal_children(sig)
 
     def child_pids(self):
-        return list(self.workers)
+        molds = [self.mold.pid] if self.mold is not None else []
+        return list(self.workers) + molds + list(self.old_molds)
 
     # -- keeping the workers ---------------------------------------------------
 
@@ -287,15 +318,37 @@ class Arbiter(Supervisor):
         if max_requests:
             max_requests += random.randint(0, self.config.max_requests_jitter)
         ppid = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                self.become_worker(number, ppid, beat, max_requests, slot)
-            finally:
-                os._exit(1)
+        control = theirs = None
+        refork_at, mold_generation = 0, 0
+        if self.refork:
+            control, theirs = refork.channel()
+            refork_at = refork.threshold(self.config.refork_after, self.reforks, self.mold is not None)
+        pid = None
+        if self.mold is not None:
+            mold_generation = self.mold.mold_generation
+            pid = refork.ask_fork(self.mold.control, {
+                "number": number, "slot": slot, "max_requests": max_requests, "refork_at": refork_at,
+                "mold_generation": mold_generation}, [beat.fd, theirs.fileno()])
+            if pid is None:
+                log.error("the mold (pid %d) could not fork worker %d; forking from the arbiter until the next "
+                          "promotion", self.mold.pid, number)
+                self.drop_mold()
+                mold_generation = 0
+        if pid is None:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    self.become_worker(number, ppid, beat, max_requests, slot, control=theirs, refork_at=refork_at)
+                finally:
+                    os._exit(1)
+        if theirs is not None:
+            theirs.close()
         if slot is not None:
             self.scoreboard.set_pid(self.block, slot, pid)
-        self.workers[pid] = WorkerProcess(pid, number, beat, slot)
+        w = self.workers[pid] = WorkerProcess(pid, number, beat, slot)
+        w.control, w.mold_generation = control, mold_generation
+        if slot is not None:
+            self.scoreboard.set_mold_generation(self.block, slot, mold_generation)
         log.debug("booting worker %d (pid %d)", number, pid)
 
     def thread_pages(self, slot):
@@ -317,17 +370,29 @@ class Arbiter(Supervisor):
         self.scoreboard.assign(self.block, slot, number)
         return slot
 
-    def become_worker(self, number, ppid, beat, max_requests, slot):
+    def become_worker(self, number, ppid, beat, max_requests, slot, control=None, refork_at=0, mold_generation=0,
+                      app=None):
+        # Also run by a mold's child (refork.py), on this object as the mold's fork left it: what
+        # was closed here is forgotten, so that nothing is closed twice.
         close_wakeup_pipe(self.wakeup)
+        self.wakeup = ()
         if self.ready_fd is not None:
             os.close(self.ready_fd)
-        for other in self.workers.values():
+            self.ready_fd = None
+        for other in [*self.workers.values(), *self.old_molds.values(), *filter(None, [self.mold])]:
             other.heartbeat.close()
+            if other.control is not None:
+                other.control.close()
+        self.workers, self.old_molds, self.mold = {}, {}, None
         proctitle.set_title(f"runprefork worker {number} [{self.name}]")
         writer = self.scoreboard.writer(self.block, slot, beat.end_request) if slot is not None else None
-        worker = SyncWorker(number, ppid, self.listeners, beat, self.config, self.load_app, max_requests, writer,
+        load_app = self.load_app if app is None else (lambda: app)
+        worker = SyncWorker(number, ppid, self.listeners, beat, self.config, load_app, max_requests, writer,
                             self.lot)
         worker.generation = self.generation
+        if control is not None:
+            worker.control, worker.refork_at, worker.mold_generation, worker.arbiter = (
+                control, refork_at, mold_generation, self)
         worker.run()  # never returns
 
     def notice_booted_workers(self):
@@ -343,9 +408,15 @@ class Arbiter(Supervisor):
             self.ready_fd = None
 
     def child_exited(self, pid, status, stopping):
+        if self.mold_exited(pid, status, stopping):
+            return None
         w = self.workers.pop(pid, None)
         if w is None:
             return None
+        if w.control is not None:
+            w.control.close()
+        if w is self.promoting:
+            self.promoting = None
         code = os.waitstatus_to_exitcode(status)
         try:
             self.restore_terminal()
@@ -371,7 +442,9 @@ class Arbiter(Supervisor):
     def forget_children(self):
         for w in self.workers.values():
             w.heartbeat.close()
-        self.workers.clear()  # no children left: none of them runs
+        self.workers.clear()
+        self.mold = None
+        self.old_molds.clear()  # no children left: none of them runs
 
     def report_death(self, w, status):
         who = str(w)
@@ -462,6 +535,111 @@ class Arbiter(Supervisor):
         w.retiring, w.recycling = True, reason
         self.maintain_worker_count()  # forks the replacement now
         kill_quietly(w.pid, signal.SIGUSR2)
+
+    # -- refork (refork.py) ---------------------------------------------------------------
+
+    def refork_busy(self):
+        """A promotion or a replacement under way: the arbiter looks more often."""
+        return self.promoting is not None or any(w.recycling == "refork" for w in self.workers.values()) or (
+            self.mold is not None and any(w.mold_generation != self.mold.mold_generation
+                                          for w in self.workers.values()))
+
+    def tend_refork(self):
+        for w in list(self.workers.values()):
+            for said in refork.messages(w.control):
+                if said == b"C":
+                    w.due = True
+                elif said[:1] in (b"R", b"X"):
+                    log.warning("%s refused to be the mold (threads: %s); the arbiter keeps forking",
+                                w, said[1:].decode(errors="replace"))
+                    w.due = w.promoting = False
+                    if said[:1] == b"X":  # it had stopped accepting: it exits, its successor forked first
+                        w.retiring, w.recycling = True, "refork"
+                    if self.promoting is w:
+                        self.promoting = None
+                elif said == b"M" and w is self.promoting:
+                    self.adopt_mold(w)
+        self.promote_one()
+        self.replace_one()
+
+    def promote_one(self):
+        if self.promoting is not None or self.refork_busy():
+            return
+        if self.mold is not None and self.reforks >= len(self.config.refork_after):
+            return  # the list is done: the last mold stays
+        current = self.mold.mold_generation if self.mold is not None else None
+        for w in self.workers.values():
+            if w.due and w.ready and not w.retiring and current in (None, w.mold_generation):
+                w.due, w.promoting, self.promoting = False, True, w
+                w.promoted_from = read_memory(w.pid)
+                log.info("%s served its %s requests: promoting it to the mold", w,
+                         self.config.refork_after[min(self.reforks, len(self.config.refork_after) - 1)])
+                kill_quietly(w.pid, refork.PROMOTE)
+                return
+
+    def adopt_mold(self, w):
+        """The promoted worker stopped serving and is ready to fork: it is the mold, no longer a worker."""
+        self.workers.pop(w.pid)
+        self.promoting = None
+        if w.slot is not None:
+            self.scoreboard.retire(self.block, w.slot, None)
+            w.slot = None
+        # Nobody judges a mold's silence (it is not in self.workers); its exit is seen by the reaper.
+        if self.mold is not None:
+            self.retire_mold()
+        self.reforks += 1
+        w.mold_generation = self.reforks
+        self.mold = w
+        if self.scoreboard is not None:
+            self.scoreboard.set_reforks(self.block, self.reforks)
+        before, after = w.promoted_from, read_memory(w.pid)
+        self.uss_before_refork = [x.memory[1] for x in self.workers.values() if x.memory]
+        log.info("refork %d: %s is the mold; its USS %s before, %s after closing what it must not share",
+                 self.reforks, w, mib(before), mib(after))
+
+    def replace_one(self):
+        """One worker at a time: an older worker is replaced by a child of the mold, successor first."""
+        if self.mold is None or self.promoting is not None:
+            return
+        serving = [w for w in self.workers.values() if not w.retiring]
+        if any(not w.ready for w in serving) or any(w.recycling == "refork" for w in self.workers.values()):
+            return
+        old = [w for w in serving if w.mold_generation != self.mold.mold_generation]
+        if old:
+            self.recycle(old[0], f"refork {self.reforks}: replacing it with a child of the mold", "refork")
+        elif self.refork_said < self.reforks:
+            self.refork_said = self.reforks
+            now = [x for x in (read_memory(w.pid) for w in serving) if x]
+            before = getattr(self, "uss_before_refork", [])
+            log.info("refork %d done: %d workers forked from the mold; their USS %s (sum %s), before %s (sum %s)",
+                     self.reforks, len(serving), mib(mean([m[1] for m in now])), mib(sum(m[1] for m in now)),
+                     mib(mean(before)), mib(sum(before)))
+
+    def retire_mold(self):
+        old = self.mold
+        self.mold = None
+        self.old_molds[old.pid] = old
+        old.control.close()  # the mold exits on EOF
+        old.control = None
+        kill_quietly(old.pid, signal.SIGTERM)
+
+    def drop_mold(self):
+        self.retire_mold()
+
+    def mold_exited(self, pid, status, stopping):
+        code = os.waitstatus_to_exitcode(status)
+        old = self.old_molds.pop(pid, None)
+        if old is not None:
+            old.heartbeat.close()
+            return True
+        if self.mold is None or pid != self.mold.pid:
+            return False
+        if not stopping:
+            log.error("the mold (pid %d) ended with %s; the arbiter forks until the next promotion", pid, code)
+        self.mold.control.close()
+        self.mold.heartbeat.close()
+        self.mold = None
+        return True
 
     # -- stopping: the Supervisor's, with these hooks ---------------------------------
 

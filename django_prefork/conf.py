@@ -157,6 +157,15 @@ _metrics_address.wants = 'None, "host:port" (such as "127.0.0.1:9108") or "unix:
 _metrics_address.parse = str
 
 
+def _request_counts(value):
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)
+
+
+_request_counts.wants = "a list of request counts > 0, such as [50, 100, 1000] ([] = never refork)"
+_request_counts.parse = lambda text: [int(word) for word in _list(text)]
+
+
 def forwarded_trust(allowed):
     """A predicate on a TCP peer's address: may it say X-Forwarded-Proto?"""
     if "*" in allowed:
@@ -247,6 +256,8 @@ SETTINGS = (
             "The access log's line: runserver's, combined (with client, duration, user agent, X-Request-ID), json."),
     Setting("PREFORK_METRICS_SOCKET_MODE", "prefork.E028", 0o600, _socket_mode,
             "Mode of a PREFORK_METRICS unix socket (default: the server's user only)."),
+    Setting("PREFORK_REFORK_AFTER", "prefork.E029", (), _request_counts,
+            "Request counts after which a warmed worker becomes the mold new workers are forked from; [] = off."),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -375,6 +386,7 @@ class Config:
     limit_request_body: int  # bytes; 0 = no limit
     access_log_format: str  # runserver, combined or json (accesslog.py)
     metrics_socket_mode: int  # a PREFORK_METRICS unix socket's; private unless opened
+    refork_after: tuple = ()  # request counts (refork.py); () = never
 
     @classmethod
     def load(cls, overrides=None, environ=None):
@@ -383,4 +395,5 @@ class Config:
         values = {setting.field: found[setting.name].value for setting in SETTINGS}
         if values["max_workers"] is None:
             values["max_workers"] = values["workers"]  # no scaling unless asked
+        values["refork_after"] = tuple(values["refork_after"])
         return cls(**values)

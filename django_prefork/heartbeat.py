@@ -70,11 +70,13 @@ class Record:
 
 
 class Heartbeat:
-    def __init__(self, tmp_dir, page=None, thread_pages=()):
-        fd, path = tempfile.mkstemp(prefix="prefork-heartbeat-", dir=tmp_dir)
-        os.unlink(path)
+    def __init__(self, tmp_dir, page=None, thread_pages=(), fd=None):
+        if fd is None:
+            fd, path = tempfile.mkstemp(prefix="prefork-heartbeat-", dir=tmp_dir)
+            os.unlink(path)
+            os.ftruncate(fd, PAGE)
+        # else the arbiter made the file and sent its fd (a worker forked by a mold, refork.py)
         self.fd = fd
-        os.ftruncate(fd, PAGE)
         # The shared record: the worker's scoreboard slot when it has one (so
         # the master sees the request too), else a page of this file.
         self.own_page = page is None

@@ -72,6 +72,7 @@ END_REASONS = MappingProxyType({
     "timed out": "timeout",  # the watchdog's SIGABRT, whatever followed
     "recycled for memory": "memory",  # past PREFORK_MAX_WORKER_MEMORY
     "recycled for timeout": "timeout",  # one of its threads timed out (PREFORK_THREADS)
+    "recycled for refork": None,  # replaced by a child of the mold (PREFORK_REFORK_AFTER): counted as a refork
     "asked to stop": None,  # TERM from the arbiter: a stop, a reload, fewer workers
     "exited by itself": "max_requests",  # it only leaves on its own at PREFORK_MAX_REQUESTS
     "died": "crash",  # anything else: a signal, an exception, os._exit(non-zero)

@@ -50,6 +50,7 @@ def document(snapshot):
         "listeners": listeners,
         "reloads": dict(snapshot.reloads),
         "restarts": dict(snapshot.restarts),
+        "reforks": snapshot.reforks,
         "totals": snapshot.totals.as_dict(),
         "worker_list": [dataclasses.asdict(w) for w in snapshot.workers],
     }
@@ -142,6 +143,14 @@ class _Collector:
                 if getattr(worker, kind):
                     memory.add_metric([str(worker.generation), str(worker.number), kind], getattr(worker, kind))
         yield memory
+        yield CounterMetricFamily("prefork_reforks", "Workers promoted to the mold the next ones are forked from.",
+                                  value=snap.reforks)
+        mold = GaugeMetricFamily("prefork_worker_mold_generation",
+                                 "The refork whose mold forked each worker (0: its arbiter did).",
+                                 labels=["generation", "worker"])
+        for worker in snap.workers:
+            mold.add_metric([str(worker.generation), str(worker.number)], worker.mold_generation)
+        yield mold
         yield from _process_families(snap)
         yield _build_info()
 

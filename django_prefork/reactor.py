@@ -172,6 +172,7 @@ class Reactor:
         self.lock = threading.Lock()  # the hand-off thread works only while the app slot holds it out
         self.app_since = 0.0  # monotonic: when the app slot took its request; 0 while it is free
         self.watcher = None  # the hand-off thread, started with the first idle connection
+        self.watcher_ends = False  # end_watcher(): the hand-off thread leaves at its next look
 
     # -- the worker's calls ------------------------------------------------------------
 
@@ -454,7 +455,7 @@ class Reactor:
             self._enter(conn, READING)
             return self._parse(conn, data)
         self._enter(conn, IDLE)
-        if self.watcher is None and self.lot is not None:
+        if self.watcher is None and self.lot is not None and not self.watcher_ends:
             self.watcher = threading.Thread(target=self._watch_app_slot, name="prefork-handoff", daemon=True)
             self.watcher.start()
 
@@ -501,7 +502,7 @@ class Reactor:
 
     def _watch_app_slot(self):
         """The hand-off thread: a look every HANDOFF_LOOK s, and nothing else."""
-        while True:
+        while not self.watcher_ends:
             # Often while a request runs, seldom while the app slot is free (an idle worker's
             # thread should cost nothing): a request is seen busy HANDOFF_AFTER + at most 4 looks.
             time.sleep(HANDOFF_LOOK if self.app_since else 4 * HANDOFF_LOOK)
@@ -612,6 +613,13 @@ class Reactor:
                                                       f"below PREFORK_CLIENT_MIN_RATE {self.config.client_min_rate}"))
                 else:
                     conn.window_at, conn.window_got = now, conn.got
+
+    def end_watcher(self):
+        """Stop the hand-off thread and wait for it: a worker about to be the mold runs no thread but its main one."""
+        self.watcher_ends = True
+        if self.watcher is not None:
+            self.watcher.join()
+            self.watcher = None
 
     def close(self):
         for conn in list(self.conns.values()):

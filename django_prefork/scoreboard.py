@@ -63,6 +63,7 @@ CONNECTION_STATES = ("reading", "waiting", "writing", "idle", "lingering")  # re
 _HEADER = struct.Struct("@8sIIII")  # magic, blocks, slots per block, master pid, threads per worker
 _PID = struct.Struct("@I")
 _ASKS_RECYCLE_AT = 1  # a byte of _IDENTITY's padding: the worker asks to be replaced
+_MOLD_GENERATION_AT = 2  # another: the refork whose mold forked the worker (0: its arbiter did; refork.py)
 _IDENTITY = struct.Struct("@B3xIId")  # state (FREE, BOOTING, IDLE once booted), pid, number, booted at
 # requests, bytes out, 5 status classes, len(BUCKETS) + 1 buckets, duration sum
 _COUNTERS = struct.Struct(f"@QQ5Q{len(BUCKETS) + 1}Qd")
@@ -80,6 +81,8 @@ _RECORD = struct.Struct(f"@QII{len(RESTART_REASONS)}Q")
 # Then the arbiter's capacity: its worker target, floor, ceiling; scaling events up and down.
 _CAPACITY = struct.Struct("@IIIxxxxQQ")
 _CAPACITY_AT = _RECORD.size
+_REFORKS = struct.Struct("@I")  # in _CAPACITY's padding: the reforks (promotions) the generation made
+_REFORKS_AT = _CAPACITY_AT + 12
 assert _IDENTITY.size <= _CONNECTIONS_AT and _CONNECTIONS_AT + _CONNECTIONS.size <= _COUNTERS_AT
 assert _PROCESS_AT + _PROCESS.size <= _HEARTBEAT_AT and SLOT_SIZE - _HEARTBEAT_AT == RECORD_STRIDE >= RECORD_SIZE
 assert _CAPACITY_AT + _CAPACITY.size <= _COUNTERS_AT
@@ -214,12 +217,23 @@ class Scoreboard:
     def set_capacity(self, block, target, floor, ceiling, scaled=0):
         """The arbiter's worker target and bounds; `scaled` +1/-1 counts a scaling event."""
         at = self._block_at(block) + _CAPACITY_AT
+        reforks = self.reforks(block)  # in the padding pack_into zeroes
         _, _, _, ups, downs = _CAPACITY.unpack_from(self.mm, at)
         _CAPACITY.pack_into(self.mm, at, target, floor, ceiling, ups + (scaled > 0), downs + (scaled < 0))
+        self.set_reforks(block, reforks)
 
     def capacity(self, block):
         target, floor, ceiling, ups, downs = _CAPACITY.unpack_from(self.mm, self._block_at(block) + _CAPACITY_AT)
         return {"target": target, "floor": floor, "ceiling": ceiling, "up": ups, "down": downs}
+
+    def set_mold_generation(self, block, slot, generation):
+        self.mm[self.slot_offset(block, slot) + _MOLD_GENERATION_AT] = min(generation, 255)
+
+    def set_reforks(self, block, count):
+        _REFORKS.pack_into(self.mm, self._block_at(block) + _REFORKS_AT, count)
+
+    def reforks(self, block):
+        return _REFORKS.unpack_from(self.mm, self._block_at(block) + _REFORKS_AT)[0]
 
     def asks_recycle(self, block, slot):
         return self.mm[self.slot_offset(block, slot) + _ASKS_RECYCLE_AT] != 0
@@ -263,6 +277,7 @@ class Scoreboard:
             counters = Counters(_COUNTERS.unpack_from(self.mm, at + _COUNTERS_AT))
             rows.append({
                 "slot": slot, "number": number, "pid": pid, "state": STATE_NAMES.get(state, "?"),
+                "mold_generation": self.mm[at + _MOLD_GENERATION_AT],
                 "age": round(now - booted, 3),
                 "request": request[0] if request else None,
                 "request_age": round(now - request[1], 3) if request else None,

@@ -64,6 +64,7 @@ class WorkerInfo:
     cpu_seconds: Optional[float] = None  # as the arbiter last read them; None: not yet, or no /proc
     open_fds: Optional[int] = None
     start_time: Optional[float] = None  # seconds since the epoch
+    mold_generation: int = 0  # the refork whose mold forked it (refork.py); 0: its arbiter did
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Snapshot:
     restarts: dict  # by reason, every reason present
     totals: Counters
     threads_per_worker: int = 1  # PREFORK_THREADS
+    reforks: int = 0  # promotions to the mold, every generation's (PREFORK_REFORK_AFTER)
 
     @property
     def connections(self):
@@ -116,11 +118,13 @@ class Lifetime:
         self.ended = Counters()
         self.ended_restarts = dict.fromkeys(RESTART_REASONS, 0)
         self.ended_scaling = {"up": 0, "down": 0}
+        self.ended_reforks = 0
         self.reloads = {"ok": 0, "failed": 0}
         self.started = time.time()
 
     def generation_ended(self, block):
         """Fold an ended generation's block into the lifetime totals; free the block."""
+        self.ended_reforks += self.scoreboard.reforks(block)
         counters, restarts, scaling = self.scoreboard.release_block(block)
         self.ended.add(counters)
         for reason, count in restarts.items():
@@ -137,6 +141,7 @@ def take(master):
     scaling = dict(lifetime.ended_scaling)
     serving = master.serving()
     capacity = None
+    reforks = lifetime.ended_reforks
     generations, workers = [], []
     for generation in master.generations:
         rows = []
@@ -144,6 +149,7 @@ def take(master):
             totals.add(board.block_counters(generation.block))
             for reason, count in board.restarts(generation.block).items():
                 restarts[reason] += count
+            reforks += board.reforks(generation.block)
             generation_capacity = board.capacity(generation.block)
             for direction in ("up", "down"):
                 scaling[direction] += generation_capacity[direction]
@@ -173,6 +179,7 @@ def take(master):
         restarts=restarts,
         totals=totals,
         threads_per_worker=board.threads if board is not None else 1,
+        reforks=reforks,
     )
 
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 import traceback
 
-from . import debugger, heartbeat, hooks
+from . import debugger, heartbeat, hooks, refork
 from .lifecycle import idle_wait
 from .signals import die_with_parent, drain, flush_std_streams, signal_wakeup_pipe
 from .sockets import queued_connections
@@ -58,6 +58,12 @@ class SyncWorker:
         self.published_at = None  # the reactor's sweep whose connection counts the scoreboard has
         self.generation = None  # set by the arbiter: what the hooks tell their receivers
         self.started = False  # worker_started was sent: worker_exiting is owed
+        # Refork (refork.py): the channel to the arbiter, the count at which to say so, and the promotion.
+        self.control = None
+        self.refork_at = 0
+        self.mold_generation = 0  # 0: forked by the arbiter; n: by the mold of the n-th refork
+        self.promote = None  # None, "asked" (PROMOTE came), "going" (draining to become the mold)
+        self.arbiter = None  # the arbiter object as forked: what the mold forks with
 
     def run(self):
         code = 0
@@ -68,6 +74,8 @@ class SyncWorker:
             self.started = True
             hooks.send(hooks.worker_started, SyncWorker, **self.hook_arguments())
             self.serve_forever(app)
+            if self.promote == "going" and self.alive and not self.recycle:
+                refork.Mold(self, self.arbiter, app).run()  # returns only when it refuses
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -102,6 +110,8 @@ class SyncWorker:
         signal.signal(signal.SIGUSR1, self.handle_usr1)
         signal.signal(signal.SIGUSR2, self.handle_usr2)
         signal.signal(signal.SIGABRT, self.handle_abort)
+        if self.control is not None:
+            signal.signal(refork.PROMOTE, self.handle_promote)
         die_with_parent(signal.SIGTERM)
 
     def handle_term(self, signum, frame):
@@ -109,6 +119,28 @@ class SyncWorker:
 
     def handle_usr2(self, signum, frame):
         self.recycle = True  # unlike TERM, leave the queued connections to the successor
+
+    def handle_promote(self, signum, frame):
+        if self.promote is None:
+            self.promote = "asked"
+
+    def start_promotion(self):
+        """PROMOTE came: stop accepting and drain, unless a thread of ours (the hand-off thread aside) runs."""
+        watcher = self.reactor.watcher
+        names = [name for name in refork.other_threads() if watcher is None or name != watcher.name]
+        if names:
+            log.warning("worker %d (pid %d) cannot be the mold: threads besides its main one run (%s); "
+                        "the arbiter keeps forking", self.number, os.getpid(), ", ".join(names))
+            self.tell(b"R" + ", ".join(names).encode()[:200])
+            self.promote = "refused"
+            return
+        self.promote = "going"
+
+    def tell(self, data):
+        try:
+            self.control.send(data)
+        except OSError:
+            pass
 
     def handle_quit(self, signum, frame):
         self.exit(0)
@@ -189,6 +221,8 @@ class SyncWorker:
         wait = idle_wait(self.config.timeout)
         while True:
             notify()
+            if self.promote == "asked":
+                self.start_promotion()
             if self.leaving() and not reactor.stopping:
                 reactor.stop(self.queued_at_stop())  # accept no more (TERM: what is queued), finish what is held
             conn = reactor.next_request()
@@ -196,6 +230,9 @@ class SyncWorker:
                 self.handle(conn)
                 continue
             if reactor.stopping and reactor.drained():
+                if self.promote == "going":
+                    reactor.end_watcher()
+                    reactor.close()
                 return
             if not self.wait_for_work(wait):
                 return
@@ -280,6 +317,8 @@ class SyncWorker:
         if self.max_requests and self.served >= self.max_requests and not self.recycle:
             log.info("worker %d (pid %d) served %d requests; recycling", self.number, os.getpid(), self.served)
             self.recycle = True
+        if self.served == self.refork_at:
+            self.tell(b"C")  # the arbiter decides whether we become the mold
 
     def refuse(self, conn, exc):
         """The server's own answer to a request the event loop will not pass on (4xx, 503)."""
@@ -293,9 +332,9 @@ class SyncWorker:
             self.heartbeat.end_request()
 
     def leaving(self):
-        """TERM, a recycle (USR2, max requests), a successor asked for: every connection closes
-        after its response."""
-        return not self.alive or self.recycle or self.asked_successor
+        """TERM, a recycle (USR2, max requests), a successor asked for, a promotion to the
+        mold: every connection closes after its response."""
+        return not self.alive or self.recycle or self.asked_successor or self.promote == "going"
 
     def last_request(self):
         """Is the request in hand this worker's last? Its response then says Connection: close."""
@@ -303,7 +342,7 @@ class SyncWorker:
 
     def queued_at_stop(self):
         """After TERM: the connections already queued are served; a recycle leaves them to the successor."""
-        if self.recycle or self.asked_successor:
+        if self.recycle or self.asked_successor or self.promote == "going":
             return 0
         return queued_connections(self.listeners, self.config.backlog)
 

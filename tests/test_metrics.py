@@ -52,7 +52,8 @@ def test_the_document_is_json_with_every_key_preforkstatus_reads():
     assert busy == {"slot": 1, "number": 2, "pid": 4302, "state": "busy", "age": 12.0, "request": "GET /slow?x=1",
                     "request_age": 2.5, "requests": 3, "rss": None, "uss": None, "generation": 2,
                     "connections": None, "busy_threads": None, "threads": None, "cpu_seconds": None,
-                    "open_fds": None, "start_time": None}
+                    "open_fds": None, "start_time": None, "mold_generation": 0}
+    assert doc["reforks"] == 0
 
 
 def test_a_listen_queue_the_kernel_cannot_count_is_absent_not_zero():

@@ -251,6 +251,30 @@ def hog(environ, start_response):
     return [body]
 
 
+_WARM = None
+
+
+def warm(environ, start_response):
+    """/warm: a module-level cache built lazily on first use (tens of MB of Python objects),
+    as a site's URL resolvers and template caches are: the worker's own memory until a refork."""
+    global _WARM
+    if _WARM is None:
+        _WARM = {i: (f"entry {i}", [i] * 4) for i in range(250_000)}
+    body = f"{os.getpid()} {len(_WARM)}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def spawn_thread(environ, start_response):
+    """/spawn-thread: the worker runs a thread of the app's for good (an exporter, say)."""
+    import threading
+
+    threading.Thread(target=threading.Event().wait, name="app-exporter", daemon=True).start()
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 BAD_FRAMING = {
     "cl-twice-differing": ("200 OK", [("Content-Length", "3"), ("Content-Length", "10")]),
     "cl-negative": ("200 OK", [("Content-Length", "-5")]),
@@ -285,6 +309,7 @@ ROUTES = {
     "/retry-head": retry_after_refused_head,
     "/closing": closing, "/file": file, "/read-whole": read_whole, "/rss": rss, "/bodiless": bodiless,
     "/not-latin1": not_latin1, "/slow-echo": slow_echo, "/sleep": sleep, "/hog": hog,
+    "/warm": warm, "/spawn-thread": spawn_thread,
     "/bad-framing": bad_framing, "/same-length-twice": same_length_twice, "*": echo,
 }
 

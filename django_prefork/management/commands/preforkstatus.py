@@ -238,11 +238,16 @@ def render(doc):
     restarts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc["restarts"].items() if v)
     lines.append(f"  reloads: {doc['reloads']['ok']} ok, {doc['reloads']['failed']} failed; "
                  f"worker restarts: {restarts or 'none'}")
+    reforks = doc.get("reforks", 0)
+    if reforks:  # PREFORK_REFORK_AFTER: MOLD is the refork whose mold forked each worker (0: its arbiter)
+        lines.append(f"  reforks: {reforks}")
     lines.append("")
-    header = ("WORKER", "PID", "GEN", "STATE", "FOR", "REQUESTS", "CONNS(r/w/o/i)", "RSS", "USS", "AGE", "REQUEST")
+    header = ("WORKER", "PID", "GEN", *(("MOLD",) if reforks else ()), "STATE", "FOR", "REQUESTS", "CONNS(r/w/o/i)",
+              "RSS", "USS", "AGE", "REQUEST")
     rows = [header]
     for w in sorted(doc["worker_list"], key=lambda w: (w["generation"], w["number"])):
-        rows.append((str(w["number"]), str(w["pid"]), str(w["generation"]), w["state"],
+        rows.append((str(w["number"]), str(w["pid"]), str(w["generation"]),
+                     *((str(w.get("mold_generation", 0)),) if reforks else ()), w["state"],
                      _seconds(w["request_age"]), str(w["requests"]), _connections(w.get("connections")),
                      _size(w["rss"]), _size(w["uss"]),
                      _seconds(w["age"]), w["request"] or ""))
