@@ -233,14 +233,19 @@ def fast_latencies(server, keep_alive, seconds=4.0, clients=6):
 
     conns = []
     if keep_alive:
-        deadline = time.monotonic() + 10
-        while len(conns) < clients or min(idle_by_worker(server)) == 0:
-            assert time.monotonic() < deadline, "the fast connections all went to one worker"
-            conn = connect()
-            conn.request("GET", "/echo")
+        # Opened at once, each with a request that takes a while, so both workers take some
+        # (one after another, the idle worker that wins every accept race could take them all).
+        def first_request(conn):
+            conn.request("GET", "/sleep?0.3")
             conn.getresponse().read()
-            conns.append(conn)
-            time.sleep(0.3)  # the workers publish what they hold a few times a second
+
+        conns = [connect() for _ in range(clients)]
+        openers = [threading.Thread(target=first_request, args=(conn,)) for conn in conns]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join()
+        wait_until(lambda: min(idle_by_worker(server)) > 0, message="both workers holding fast connections")
     stop = time.monotonic() + seconds
     latencies = []
 

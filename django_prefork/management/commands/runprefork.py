@@ -197,6 +197,8 @@ class Command(StaticfilesRunserver):
         return self.listeners
 
     def on_bind(self, server_port):
+        if self.pidfile:
+            pidfile.write(self.pidfile)  # before the banner: whoever waits for it may read the pidfile
         if self.unix_path or any(listener.inherited for listener in self.listeners):
             where = ", ".join(listener.url() for listener in self.listeners)
         else:
@@ -220,8 +222,6 @@ class Command(StaticfilesRunserver):
     def run_master(self, listeners, load_app):
         self.serving = True
         configure_logging()
-        if self.pidfile:
-            pidfile.write(self.pidfile)
         watcher = None
         if self.config.reload:
             from django_prefork.reloader import CodeWatcher
