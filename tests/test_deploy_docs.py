@@ -132,3 +132,28 @@ def test_the_gunicorn_table_names_only_settings_and_flags_that_exist():
             assert name.rstrip("_") in conf.BY_NAME, f"{gunicorn}: no setting {name}"
         for flag in re.findall(r"`(-[-\w]+)", ours):
             assert flag in flags, f"{gunicorn}: runprefork has no {flag}"
+
+
+NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+
+
+@pytest.mark.skipif(NGINX is None or shutil.which("openssl") is None,
+                    reason="nginx or openssl is not installed (apt-get install nginx openssl)")
+def test_the_nginx_config_passes_nginx_t(tmp_path):
+    """The ```nginx block, as the file it says it is (conf.d/app.conf, inside http { }), with
+    a throwaway certificate where it names the real one: `nginx -t` accepts it."""
+    (block,) = re.findall(r"^```nginx\n(.*?)^```$", DOCS.read_text(), re.M | re.S)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    block = re.sub(r"/etc/letsencrypt/live/\S+/fullchain\.pem", str(cert), block)
+    block = re.sub(r"/etc/letsencrypt/live/\S+/privkey\.pem", str(key), block)
+    assert str(cert) in block and str(key) in block, "the block names its certificate and key"
+    (tmp_path / "app.conf").write_text(block)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; events {{}}\n"
+        f"http {{ access_log off; client_body_temp_path {tmp_path}/body; proxy_temp_path {tmp_path}/proxy; "
+        f"include {tmp_path}/app.conf; }}\n")
+    checked = subprocess.run([NGINX, "-t", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr

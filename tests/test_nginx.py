@@ -41,8 +41,8 @@ http {{
     scgi_temp_path {tmp}/scgi;
     client_max_body_size 100m;
 
-    upstream over_unix {{ server unix:{sock}; }}
-    upstream over_tcp {{ server 127.0.0.1:{port}; }}
+    upstream over_unix {{ server unix:{sock}; keepalive 8; }}
+    upstream over_tcp {{ server 127.0.0.1:{port}; keepalive 8; }}
 
     server {{
         listen 127.0.0.1:{nginx_port};
@@ -59,6 +59,9 @@ http {{
     }}
 }}
 """
+
+
+SERVERS = {}  # the stack's runprefork servers, by how nginx reaches them
 
 
 def free_port():
@@ -98,6 +101,7 @@ def stack():
             return False
 
     wait_until(up, timeout=10, message="nginx to listen")
+    SERVERS.update(unix=over_unix, tcp=over_tcp)
     yield nginx_port
     proc.terminate()
     proc.wait(10)
@@ -164,3 +168,16 @@ def test_a_slow_client_does_not_tie_up_the_only_worker(stack, via):
     finally:
         slow.close()
     assert result["response"].startswith(b"HTTP/1.1 200") and b'{"received": 30}' in result["response"]
+
+
+@pytest.mark.parametrize("via", ["unix", "tcp"])
+def test_nginx_keeps_its_upstream_connections_alive(stack, via):
+    # `keepalive` in the upstream block, HTTP/1.1 and an empty Connection header: nginx reuses
+    # its connections to runprefork, which keeps them idle in the event loop between requests.
+    for _ in range(5):
+        assert through_nginx(stack, "GET", "/secure", via, headers={"Host": "app.example"})[0] == 200
+    from .helpers import held_connections
+
+    held = wait_until(lambda: (h := held_connections(SERVERS[via]))["idle"] >= 1 and h,
+                      message="nginx's connection kept idle")
+    assert held["idle"] <= 8  # nginx's keepalive 8 bounds what it keeps, not a connection a request
