@@ -1,10 +1,12 @@
 """A worker's life: every state it can be in, every move between them, and
 every figure that bounds it in time.
 
-The rule: anything that decides what a worker is, or how long it may stay
-so, lives here. The heartbeat, the scoreboard, the arbiter, the worker and
-the HTTP layer read their states and deadlines from this module; none of
-them keeps a figure of its own.
+The rule: anything that decides what a worker is, or how long it or one of
+its connections may stay so, lives here. The heartbeat, the scoreboard, the
+arbiter, the worker, the event loop and the HTTP layer read their states and
+deadlines from this module and keep no such figure of their own. (The
+master's and the status channel's own waits, which bound no worker, stay in
+their modules.)
 
 States, as the scoreboard stores them (one byte a slot) and preforkstatus
 shows them::
