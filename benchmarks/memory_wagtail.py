@@ -41,7 +41,10 @@ answered) against the p50 of every response in the last warm-up. For runprefork
 without preload, a first request is a cold one (Django and Wagtail load then);
 with refork, the workers alive at the reading, every one a child of the mold.
 
-Writes benchmarks/results/wagtail.md and wagtail.json.
+Also in the JSON: one worker's private memory and every other process's, by mapping
+([anon], [heap], *.so): what a worker still makes its own, and what the mold keeps.
+
+Writes benchmarks/results/wagtail.md and wagtail.json (--out: another name).
 """
 
 import argparse
@@ -178,6 +181,24 @@ def rollup(pid):
     return out
 
 
+def private_by_kind(pid):
+    """MiB private to pid (Private_Clean + Private_Dirty) by mapping: [anon] (pymalloc's arenas
+    among them), [heap], *.so, the rest by file name; the 4 largest."""
+    kinds, kind = {}, None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                parts = line.split()
+                if not parts[0].endswith(":"):  # a mapping's first line: range perms offset dev inode [path]
+                    path = parts[5] if len(parts) > 5 else "[anon]"
+                    kind = "*.so" if ".so" in path else os.path.basename(path) if "/" in path else path
+                elif parts[0] in ("Private_Clean:", "Private_Dirty:"):
+                    kinds[kind] = kinds.get(kind, 0) + int(parts[1])
+    except OSError:
+        return {}
+    return {k: round(v / 1024, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])[:4]}
+
+
 def get(port, path):
     """(latency s, worker pid or None, status)."""
     t0 = time.perf_counter()
@@ -296,6 +317,9 @@ def measure(name, cmd, extra, root, workers, warm):
         result["workers_uss_mib"] = sorted(round((r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)) / 1024, 1)
                                            for p, r in rolls.items() if p in live)
         result["others_pss_mib"] = round(sum(r.get("Pss", 0) for p, r in rolls.items() if p not in live) / 1024, 1)
+        result["private_by_kind_mib"] = {
+            f"{'worker' if p in live else 'other'} {p}": private_by_kind(p)
+            for p in [min(live, default=None), *[q for q in rolls if q not in live]] if p}
         result["requests_per_worker_last_warm"] = sorted(load.counts[str(p)] for p in live if str(p) in load.counts)
         result["warm_requests"] = sent
         result["p50_ms"] = round(statistics.median(load.latencies) * 1000, 2)
@@ -314,7 +338,7 @@ def measure(name, cmd, extra, root, workers, warm):
         logf.close()
     with open(log_path) as f:
         if refork:
-            result["refork_log"] = [line.strip() for line in f if re.search(r"\brefork\b|\bmold\b", line)][:8]
+            result["refork_log"] = [line.strip() for line in f if re.search(r"\brefork\b|\bmold\b", line)][:16]
     return result
 
 
@@ -369,6 +393,7 @@ def main():
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--warm", type=int, default=200, help="requests each worker answers before the reading")
     ap.add_argument("--only", default="", help="comma-separated configuration names (default: all)")
+    ap.add_argument("--out", default="wagtail", help="results/OUT.md and OUT.json")
     ap.add_argument("--keep", action="store_true", help="keep the temp site")
     args = ap.parse_args()
     py = sys.executable
@@ -386,7 +411,8 @@ def main():
         print(json.dumps(r), flush=True)
         results.append(r)
     meta = {
-        "command": "python benchmarks/memory_wagtail.py" + (f" --only {args.only}" if args.only else ""),
+        "command": "python benchmarks/memory_wagtail.py" + (f" --workers {args.workers}" if args.workers != 4 else "")
+        + (f" --only '{args.only}'" if args.only else "") + (f" --out {args.out}" if args.out != "wagtail" else ""),
         "workers": args.workers, "warm": args.warm, "platform": f"{platform.system()} {platform.machine()}, "
         f"{os.cpu_count()} CPUs", "python": platform.python_version(),
         "django": version(py, "import django; print(django.__version__)"),
@@ -396,10 +422,10 @@ def main():
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "wagtail.json"), "w") as f:
+    with open(os.path.join(RESULTS, f"{args.out}.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
     text = report(results, meta)
-    with open(os.path.join(RESULTS, "wagtail.md"), "w") as f:
+    with open(os.path.join(RESULTS, f"{args.out}.md"), "w") as f:
         f.write(text + "\n")
     print(text)
     if not args.keep:
