@@ -19,6 +19,19 @@ METRICS_AT = re.compile(r"metrics at (http://\S+):(\d+)/metrics")
 EXIT_WAIT = 20  # seconds a server that fails to start may take to say why and exit
 
 
+def h11_client(method="GET", data=None):
+    """An h11 client that has sent `method` / (its response is what it reads next), fed `data`."""
+    import h11
+
+    client = h11.Connection(h11.CLIENT)
+    method = method.decode() if isinstance(method, bytes) else method
+    client.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
+    client.send(h11.EndOfMessage())
+    if data is not None:
+        client.receive_data(data)
+    return client
+
+
 def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
     """Poll `predicate` until it returns something truthy; fail after `timeout` s."""
     deadline = time.monotonic() + timeout

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .helpers import Server, busy_workers, head, held_connections, receive_all, send, split, status_of, wait_until, worker_pid
+from .helpers import Server, busy_workers, h11_client, head, held_connections, receive_all, send, split, status_of, wait_until, worker_pid
 
 RAW_APPS = "tests.fixtureapp.rawapps.application"
 GET = head(b"GET /x/SMUGGLED?id=2 HTTP/1.1", b"Host: x")
@@ -231,6 +231,19 @@ def trickle(server, rate, seconds, results, name):
         sock.close()
 
 
+def gets_while(server, threads):
+    """A plain GET every 0.1 s while `threads` run; the longest any of them waited."""
+    longest_wait = 0.0
+    while any(t.is_alive() for t in threads):
+        started = time.monotonic()
+        assert status_of(send(server, head(b"GET /rss HTTP/1.1", b"Host: x"), timeout=15)) == 200
+        longest_wait = max(longest_wait, time.monotonic() - started)
+        time.sleep(0.1)  # the pace of the probe, not a wait for anything
+    for thread in threads:
+        thread.join()
+    return longest_wait
+
+
 def test_two_trickling_uploads_get_408_and_never_hold_a_worker(two_workers):
     server = two_workers
     workers = server.wait_workers(2)
@@ -240,14 +253,7 @@ def test_two_trickling_uploads_get_408_and_never_hold_a_worker(two_workers):
         thread.start()
     wait_until(lambda: held_connections(server)["reading"] == 2, message="both uploads held by the event loops")
     assert busy_workers(server) == 0  # buffered: the app never sees an upload before it is whole
-    longest_wait = 0.0
-    while any(t.is_alive() for t in threads):
-        started = time.monotonic()
-        assert status_of(send(server, head(b"GET /rss HTTP/1.1", b"Host: x"), timeout=15)) == 200
-        longest_wait = max(longest_wait, time.monotonic() - started)
-        time.sleep(0.1)
-    for thread in threads:
-        thread.join()
+    longest_wait = gets_while(server, threads)
     # CLIENT_TIMEOUT 2 s free, then a 2 s window short of 4096 bytes/s: cut at about 4 s.
     assert [status for status, _ in results.values()] == [408, 408], results
     assert all(seconds < 5.5 for _, seconds in results.values()), results
@@ -266,14 +272,7 @@ def test_two_trickling_streamed_uploads_get_408_and_the_workers_serve_on(serve):
     for thread in threads:
         thread.start()
     wait_until(lambda: busy_workers(server) == 2, message="both uploads holding a worker")
-    longest_wait = 0.0
-    while any(t.is_alive() for t in threads):
-        started = time.monotonic()
-        assert status_of(send(server, head(b"GET /rss HTTP/1.1", b"Host: x"), timeout=15)) == 200
-        longest_wait = max(longest_wait, time.monotonic() - started)
-        time.sleep(0.1)
-    for thread in threads:
-        thread.join()
+    longest_wait = gets_while(server, threads)
     # CLIENT_TIMEOUT 2 s, then 1 s more per 4096 bytes: a 1 KiB/s upload is cut at about 2.7 s.
     assert [status for status, _ in results.values()] == [408, 408], results
     assert all(seconds < 5 for _, seconds in results.values()), results
@@ -292,10 +291,7 @@ def test_a_64_kbit_upload_passes_the_minimum_rate(two_workers):
 
 def h11_response(data, method="GET"):
     """Events h11, as a client, reads from `data`; the last is EndOfMessage or an error."""
-    conn = h11.Connection(h11.CLIENT)
-    conn.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
-    conn.send(h11.EndOfMessage())
-    conn.receive_data(data)
+    conn = h11_client(method, data)
     conn.receive_data(b"")
     events = []
     try:

@@ -14,7 +14,7 @@ import time
 import h11
 import pytest
 
-from .helpers import head, held_connections, wait_until
+from .helpers import h11_client, head, held_connections, wait_until
 from .test_http_boundaries import PIPELINED, RAW_APPS
 
 SETTINGS = {"PREFORK_WORKERS": 1, "PREFORK_KEEPALIVE": 2, "PREFORK_CLIENT_TIMEOUT": 2, "WSGI_APPLICATION": RAW_APPS}
@@ -37,10 +37,7 @@ def responses_in(data, methods):
     for method in methods:
         if not data:
             break
-        client = h11.Connection(h11.CLIENT)
-        client.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
-        client.send(h11.EndOfMessage())
-        client.receive_data(data)
+        client = h11_client(method, data)
         response, body = None, b""
         while True:
             event = client.next_event()

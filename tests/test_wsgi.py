@@ -14,7 +14,7 @@ import pytest
 
 from django_prefork.transport import QUEUE
 
-from .helpers import head, receive_all, split
+from .helpers import h11_client, head, receive_all, split
 
 RAW_APPS = "tests.fixtureapp.rawapps.application"
 
@@ -170,10 +170,7 @@ def run(raw, app, **kwargs):
 
 def parse(data, method=b"GET"):
     """h11, as a client that sent `method`: (Response, body, whole?, the raw head)."""
-    client = h11.Connection(h11.CLIENT)
-    client.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
-    client.send(h11.EndOfMessage())
-    client.receive_data(data)
+    client = h11_client(method, data)
     client.receive_data(b"")
     response, body, whole = None, b"", False
     try:
