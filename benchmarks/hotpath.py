@@ -4,6 +4,7 @@
     python benchmarks/hotpath.py --django     # testproject's /hello through the same path
     python benchmarks/hotpath.py --profile    # then cProfile's top 25 functions by own time
     python benchmarks/hotpath.py --keepalive  # one kept connection, no Connection: close
+    python benchmarks/hotpath.py --loop       # and the event loop's share: accept, recv, close
 
 What benchmarks/run.py cannot show: the CPU of the Python that runs for every
 request (reading the head, the environ, the response, the scoreboard), without
@@ -57,12 +58,94 @@ class FakeListener:
     host, port = "127.0.0.1", "8000"
 
 
+class PairListener:
+    """A listener whose accept() hands out one end of a socketpair the request is already in."""
+
+    host, port = "127.0.0.1", "8000"
+
+    def __init__(self):
+        self.waiting = []
+        this = self
+
+        class sock:  # noqa: N801: stands in for a listening socket.socket
+            family = socket.AF_INET
+
+            @staticmethod
+            def _accept():
+                if not this.waiting:
+                    raise BlockingIOError
+                return this.waiting.pop(), ("127.0.0.1", 50000)
+
+            @staticmethod
+            def setsockopt(*args):
+                pass
+
+        self.sock = sock
+        self._fd, _ = os.pipe()  # epoll watches it while the worker waits: nothing comes
+
+    def fileno(self):
+        return self._fd
+
+
+def loop_once(context, config, slot, request, keepalive):
+    """one() through a real Reactor: the syscalls of a socketpair are in the figure."""
+    from django_prefork import wsgi
+    from django_prefork.reactor import Reactor
+
+    listener = PairListener()
+    wake_r, _ = os.pipe()
+    reactor = Reactor([listener], config, wake_r, lambda conn, exc: (400, 0), slot.end_request)
+    reactor.limits = context.limits
+    kept = []
+
+    def one():
+        if keepalive and kept:
+            kept[0].send(request)
+            reactor.wait(0)
+        else:
+            ours, theirs = socket.socketpair()
+            theirs.send(request)
+            listener.waiting.append(ours.detach())
+            kept[:] = [theirs]
+        conn = reactor.next_request()
+        status, sent = wsgi.serve_connection(conn, context)
+        slot.end_request(status, sent)
+        reactor.answered(conn)
+        kept[0].recv(65536)
+        if not keepalive:
+            kept[0].close()
+
+    return one
+
+
+def socket_cost(keepalive):
+    """µs of CPU the client's side of loop_once costs alone: to be subtracted."""
+    runs = []
+    kept = socket.socketpair()
+    for _ in range(7):
+        started = time.process_time()
+        for _ in range(5000):
+            if keepalive:
+                kept[1].send(REQUEST)
+                kept[0].recv(65536)
+            else:
+                ours, theirs = socket.socketpair()
+                theirs.send(REQUEST)
+                ours.close()
+                theirs.close()
+        runs.append((time.process_time() - started) / 5000 * 1e6)
+    return min(runs)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--django", action="store_true", help="serve testproject's /hello, not the bare app")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top 25 by own time")
     parser.add_argument("--requests", type=int, default=20000, help="requests per timed run (7 runs)")
     parser.add_argument("--keepalive", action="store_true", help="one kept connection, as wrk's keep-alive load")
+    parser.add_argument("--loop", action="store_true",
+                        help="through the worker's event loop too: each request on a fresh socketpair "
+                             "accepted, read, answered and closed by a real Reactor")
     args = parser.parse_args()
 
     sys.path[:0] = [REPO, os.path.join(REPO, "testproject"), HERE]
@@ -104,6 +187,8 @@ def main():
         status, sent = wsgi.serve_connection(conn, context)
         slot.end_request(status, sent)
 
+    if args.loop:
+        one = loop_once(context, config, slot, request, args.keepalive)
     for _ in range(2000):
         one()
     if context.response.status_code != 200:
@@ -117,6 +202,8 @@ def main():
             one()
         runs.append((time.process_time() - started) / args.requests * 1e6)
     what = ("testproject /hello" if args.django else "the bare app") + (", keep-alive" if args.keepalive else "")
+    if args.loop:
+        what += f", event loop included ({socket_cost(args.keepalive):.2f} µs of it the client's socketpair)"
     print(f"{what}: {min(runs):.2f} µs of CPU a request (min of 7 runs; median {statistics.median(runs):.2f})")
     if args.profile:
         import cProfile

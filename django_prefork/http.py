@@ -107,35 +107,41 @@ class Limits:
         self.body_time = request_time(timeout)  # from the request's start: body in, response out
 
 
+# The header names a rule of ours looks at as they arrive (Request.on_header); any other is kept as it is.
+_RULED = frozenset((b"host", b"content-type", b"content-length", b"transfer-encoding", b"expect"))
+
+
 class Request:
     """The parser's callbacks, collecting one request into plain fields."""
 
+    # Every request starts from these (class attributes: a request sets only what it changes).
+    parser = None
+    method = b""
+    target = b""
+    version = "1.1"
+    host_count = 0
+    content_type_seen = False
+    content_length = None
+    chunked = False
+    upgrade = False
+    keep_alive = False
+    expect_continue = False
+    headers_complete = False
+    complete = False
+    trailers = 0
+    started = 0.0  # monotonic: when its first bytes were read
+    # Whether the bytes being fed may run past the message's end. Not while a
+    # head is fed up to its blank line (the common request: no exception).
+    stop_at_end = True
+    progress = False  # a body byte or a whole trailer arrived in this feed
+    buffer = None  # the BodyBuffer holding the whole body, when the server buffers it
+    error = None  # an HTTPError met after the head, while reading the body
+
     def __init__(self, limits):
         self.limits = limits
-        self.parser = None
-        self.method = b""
-        self.target = b""
-        self.version = "1.1"
         self.headers = []  # (name lowercased, value) in arrival order
-        self.host_count = 0
-        self.content_type_seen = False
-        self.content_length = None
-        self.chunked = False
-        self.upgrade = False
-        self.keep_alive = False
-        self.expect_continue = False
-        self.headers_complete = False
-        self.complete = False
-        self.trailers = 0
-        self.started = 0.0  # monotonic: when its first bytes were read
-        # Whether the bytes being fed may run past the message's end. Not while a
-        # head is fed up to its blank line (the common request: no exception).
-        self.stop_at_end = True
-        self.progress = False  # a body byte or a whole trailer arrived in this feed
         self.body = bytearray()  # decoded body bytes the app has not read yet
         self.sink = self.body.extend
-        self.buffer = None  # the BodyBuffer holding the whole body, when the server buffers it
-        self.error = None  # an HTTPError met after the head, while reading the body
 
     # -- httptools callbacks -------------------------------------------------
 
@@ -152,6 +158,9 @@ class Request:
         if len(name) + len(value) + 2 > self.limits.field_size:
             raise HTTPError(431, "Header field too long")
         name = name.lower()
+        if name not in _RULED:
+            self.headers.append((name, value))
+            return
         if name == b"host":
             self.host_count += 1
         elif name == b"content-type":
@@ -585,6 +594,27 @@ class _Clock:
 
 def _slow(why):
     return TimeoutError(f"408: {why}")
+
+
+class EmptyBody:
+    """wsgi.input of a request that has no body: one for all of them, it holds nothing."""
+
+    __slots__ = ()
+
+    def read(self, size=-1):
+        return b""
+
+    def readline(self, size=-1):
+        return b""
+
+    def readlines(self, hint=-1):
+        return []
+
+    def __iter__(self):
+        return iter(())
+
+
+EMPTY_BODY = EmptyBody()
 
 
 class Body:

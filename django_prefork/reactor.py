@@ -328,7 +328,7 @@ class Reactor:
         if data is not None and not data:
             return self._drop(conn)
         if data:
-            self._parse(conn, data)
+            self._parse(conn, data, conn.since)
         if conn.state == READING and conn.fd in self.conns:
             self._watch(conn, _IN)  # the rest of it is to come
 
@@ -371,11 +371,11 @@ class Reactor:
                 self._enter(conn, READING)
             self._parse(conn, data)
 
-    def _parse(self, conn, data):
+    def _parse(self, conn, data, now=None):
         reader = conn.reader
         if reader is None:
             reader = conn.reader = Reader(self.limits, self.config.buffer_body)
-        conn.heard = time.monotonic()
+        conn.heard = now = now or time.monotonic()
         conn.got += len(data)
         try:
             used = reader.feed(data)
@@ -402,7 +402,7 @@ class Reactor:
         if request.complete or request.buffer is None:
             if request.buffer is None and not request.complete and conn.unix:
                 set_io_timeout(conn.sock, self.config.client_timeout)  # the app reads the rest itself
-            self._enter(conn, WAITING)
+            self._enter(conn, WAITING, now)
             self.ready.append(conn)
 
     def _client_closed(self, conn):
@@ -484,8 +484,8 @@ class Reactor:
             reader.request.buffer.close()
         conn.close(abort)
 
-    def _enter(self, conn, state):
-        conn.state, conn.since = state, time.monotonic()
+    def _enter(self, conn, state, now=None):
+        conn.state, conn.since = state, now or time.monotonic()
         self._watch(conn, _WATCH[state])
 
     def _watch(self, conn, events):

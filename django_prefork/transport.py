@@ -52,7 +52,7 @@ class Connection:
     __slots__ = ("sock", "fd", "client", "unix", "inbuf", "out", "out_bytes", "out_file", "state",
                  "since", "heard", "reader", "keep_alive", "served", "deadline", "io_timeout",
                  "lingered", "got", "body_since", "window_at", "window_got", "head_held",
-                 "listener_fd", "spool_file", "spooled")
+                 "listener_fd", "spool_file", "spooled", "said_all")
 
     def __init__(self, sock, client, unix=False, listener_fd=-1):
         self.sock = sock
@@ -80,6 +80,7 @@ class Connection:
         self.head_held = 0  # bytes of an unfinished head the worker's bound counts for it
         self.spool_file = None  # a temporary file a response goes on in once memory is spent
         self.spooled = 0  # bytes written to spool files for the response in hand
+        self.said_all = False  # the client said its request was its last (Connection: close) and all of it was read
 
     def fileno(self):
         return self.fd
@@ -99,8 +100,12 @@ class Connection:
         """Has the client sent bytes we did not read (a pipelined request, excess body)?
 
         Closing over unread input makes the kernel answer with RST, which can
-        destroy our response in the client's buffer before it is read.
+        destroy our response in the client's buffer before it is read. Not asked
+        when the client `said_all`: what such a client sends after its last request
+        is its own mistake, and the common `Connection: close` request saves an ioctl.
         """
+        if self.said_all:
+            return False
         try:
             fcntl.ioctl(self.fd, termios.FIONREAD, _UNREAD)  # half the cost of a MSG_PEEK's EAGAIN
         except OSError:

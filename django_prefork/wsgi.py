@@ -21,7 +21,7 @@ from django.utils.log import log_message
 
 from . import __version__, accesslog
 from .conf import forwarded_trust
-from .http import TOKEN, Body, HTTPError, Limits, decode_path, reason_phrase, split_target
+from .http import EMPTY_BODY, TOKEN, Body, HTTPError, Limits, decode_path, reason_phrase, split_target
 from .lifecycle import ANSWER_TIMEOUT
 from .transport import QUEUE, ClientDisconnected, check_deadline
 
@@ -39,9 +39,14 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CONTROL_BYTES = bytes(b for b in range(0x20) if b != 0x09) + b"\x7f"  # CR and LF too; tab allowed
 _NAME_KINDS = {}  # response header name: its kind, below (see _name_kind)
 _STATUSES = {}  # status line: its code (see _status_code)
+_STATUS_LINES = {}  # status line: its bytes
 _PLAIN, _HOP_BY_HOP, _CONTENT_LENGTH, _DATE = "plain", "hop-by-hop", "content-length", "date"
 # How a head ends: the connection closes after it, or stays (HTTP/1.1's default, HTTP/1.0 when asked).
-_END_CLOSE, _END_KEEP_11, _END_KEEP_10 = "Connection: close\r\n\r\n", "\r\n", "Connection: keep-alive\r\n\r\n"
+_END_CLOSE, _END_KEEP_11, _END_KEEP_10 = b"Connection: close\r\n\r\n", b"\r\n", b"Connection: keep-alive\r\n\r\n"
+# (name, value) -> (kind, its line as sent, its Content-Length): a response header checked
+# once (see _header_line), then reused; values that never repeat are not kept.
+_LINES = {}
+_LINES_KEPT, _LINE_VALUE_KEPT = 2048, 200
 
 
 # What a proxy says to mean "the client spoke https": gunicorn's secure_scheme_headers.
@@ -128,6 +133,8 @@ def serve_connection(conn, context):
         return answer_error(conn, exc, context, request_line=None)
     if request.buffer is not None:
         environ["wsgi.input"] = request.buffer.as_input()
+    elif request.complete and not request.body:
+        environ["wsgi.input"] = EMPTY_BODY
     else:
         environ["wsgi.input"] = Body(conn.sock, request)
     keep_alive = bool(context.keepalive) and request.keep_alive and request.complete and not context.stopping()
@@ -167,6 +174,7 @@ def serve_connection(conn, context):
         log.warning('"%s": response body %d bytes shorter than its Content-Length', _request_line(environ),
                     response.short_by)
     conn.keep_alive = response.keep_alive and not response.short_by and request.complete
+    conn.said_all = not request.keep_alive and request.complete
     if context.access_log:
         log_request(_request_line(environ), response.status_code, response.body_sent, context.access_log,
                     environ, started=request.started)
@@ -217,7 +225,9 @@ def build_environ(context, request, client):
     else:
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])
     for name, value in request.headers:
-        key = _environ_key(name)
+        key = _KEYS.get(name, _UNSEEN)
+        if key is _UNSEEN:
+            key = _environ_key(name)
         if key is None:
             continue
         value = value.decode("latin-1")
@@ -241,6 +251,7 @@ def build_environ(context, request, client):
 
 
 _KEYS = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+_UNSEEN = object()
 
 
 def _environ_key(name):
@@ -307,54 +318,42 @@ class Response:
         # From these headers alone: an app that caught our refusal of its first head
         # and called start_response again with exc_info gets a head of its new ones.
         self.remaining, self.chunked = None, False
-        lines = [f"HTTP/1.1 {self.status}\r\n"]
+        parts = [_status_line(self.status)]
         has_date = False
-        for name, value in self.headers:
-            kind = _NAME_KINDS.get(name)
-            if kind is None:
-                kind = _name_kind(name)
+        for header in self.headers:
+            try:
+                kind, line, length = _LINES[header]  # a line checked before: apps send the same few
+            except (KeyError, TypeError):
+                kind, line, length = _header_line(header)
+            if kind is _PLAIN:
+                parts.append(line)
+                continue
             if kind is _HOP_BY_HOP:
-                log.warning("dropped hop-by-hop header %s: %s (the server owns the connection)", name, value)
+                log.warning("dropped hop-by-hop header %s: %s (the server owns the connection)", *header)
                 continue
             if kind is _CONTENT_LENGTH:
                 if bodiless:
                     continue
-                # What the regex [0-9]{1,18} says, without one per response.
-                if type(value) is not str or not (value.isdigit() and value.isascii() and len(value) <= 18):
-                    raise InvalidHeader(f"refusing to send Content-Length {value!r}")
+                if line is None:
+                    raise InvalidHeader(f"refusing to send Content-Length {length!r}")
                 if self.remaining is not None:
-                    if int(value) != self.remaining:
-                        raise InvalidHeader(f"refusing to send two Content-Lengths, {self.remaining} and {value}")
+                    if length != self.remaining:
+                        raise InvalidHeader(f"refusing to send two Content-Lengths, {self.remaining} and {length}")
                     continue  # the same length twice: say it once
-                self.remaining = int(value)
-            elif kind is _DATE:
+                self.remaining = length
+            else:
                 has_date = True
-            lines.append(f"{name}: {value}\r\n")
+            parts.append(line)
         if not has_date:
-            lines.append(f"Date: {http_date()}\r\n")
+            parts.append(_date_line())
         if self.has_body and self.remaining is None:
             if self.http11:
                 self.chunked = True
-                lines.append("Transfer-Encoding: chunked\r\n")
+                parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.keep_alive = False  # HTTP/1.0 without a length: the close delimits the body
-        end = _END_CLOSE if not self.keep_alive else _END_KEEP_11 if self.http11 else _END_KEEP_10
-        lines.append(end)
-        try:
-            head = "".join(lines).encode("latin-1")
-        except UnicodeEncodeError:
-            bad = next(((n, v) for n, v in self.headers if not _latin1(f"{n}{v}")), ("?", "?"))
-            raise InvalidHeader(f"refusing to send header {bad[0]!r}: {bad[1]!r} is not latin-1") from None
-        # Response splitting: every CR and LF in the head must be one we put
-        # there (one CRLF a line, two at the end), and no other control at all.
-        # Deleting every control byte must remove exactly our 2 x crlf bytes:
-        # a name or value can only add to them. One C pass, no regex.
-        crlf = len(lines) - 1 + end.count("\r\n")
-        if len(head) - len(head.translate(None, _CONTROL_BYTES)) != 2 * crlf:
-            bad = next(((n, v) for n, v in self.headers if _BAD_VALUE.search(f"{n}{v}") or _CONTROL.search(f"{n}{v}")),
-                       ("?", "?"))
-            raise InvalidHeader(f"refusing to send header {bad[0]!r}: {bad[1]!r}")
-        return head
+        parts.append(_END_CLOSE if not self.keep_alive else _END_KEEP_11 if self.http11 else _END_KEEP_10)
+        return b"".join(parts)
 
     def write(self, data):
         """PEP 3333's write() callable, and the path every body chunk takes."""
@@ -478,6 +477,44 @@ def _warn_dropped_body(status_code):
         log.warning("dropped the body of a %d response: it cannot have one (RFC 9110)", status_code)
 
 
+def _status_line(status):
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = f"HTTP/1.1 {status}\r\n".encode("latin-1")  # _status_code checked it
+        if len(_STATUS_LINES) < 1024:
+            _STATUS_LINES[status] = line
+    return line
+
+
+def _header_line(header):
+    """(kind, line, Content-Length) of a header the app gave, checked: a name that is a
+    token, a latin-1 line, and no control byte in it (response splitting); kept in
+    _LINES when it may well come again. A Content-Length that is not one gives
+    (kind, None, the value): refused only if the response could have a body."""
+    name, value = header
+    kind = _NAME_KINDS.get(name)
+    if kind is None:
+        kind = _name_kind(name)
+    if kind is _HOP_BY_HOP:
+        return kind, None, None
+    length = None
+    if kind is _CONTENT_LENGTH:
+        # What the regex [0-9]{1,18} says, without one per response.
+        if type(value) is not str or not (value.isdigit() and value.isascii() and len(value) <= 18):
+            return kind, None, value
+        length = int(value)
+    try:
+        line = f"{name}: {value}\r\n".encode("latin-1")
+    except UnicodeEncodeError:
+        raise InvalidHeader(f"refusing to send header {name!r}: {value!r} is not latin-1") from None
+    if len(line) - len(line.translate(None, _CONTROL_BYTES)) != 2:  # only our CRLF: one C pass, no regex
+        raise InvalidHeader(f"refusing to send header {name!r}: {value!r}")
+    if type(value) is str and type(name) is str and len(value) <= _LINE_VALUE_KEPT \
+            and len(_LINES) < _LINES_KEPT and name.lower() != "set-cookie":
+        _LINES[(name, value)] = kind, line, length
+    return kind, line, length
+
+
 def _status_code(status):
     """The code of a status line, checked here once, then remembered: apps send the same few."""
     code = status[:3] if type(status) is str else ""
@@ -510,14 +547,20 @@ def _has_fileno(filelike):
     return True
 
 
-_date = [0, ""]
+_date = [0, "", b""]
 
 
 def http_date():
     now = int(time.time())
     if _date[0] != now:
-        _date[0], _date[1] = now, formatdate(now, usegmt=True)
+        text = formatdate(now, usegmt=True)
+        _date[:] = now, text, f"Date: {text}\r\n".encode()
     return _date[1]
+
+
+def _date_line():
+    http_date()
+    return _date[2]
 
 
 def answer_error(conn, exc, context, request_line, may_queue=None):

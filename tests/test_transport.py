@@ -40,6 +40,15 @@ def test_unread_input_is_seen_without_reading_it(pair):
     assert conn.recv() == b"pipelined"
 
 
+def test_unread_input_is_not_asked_of_a_client_that_said_all(pair):
+    # Connection: close, its request read whole: what it sends after is its own mistake,
+    # and the common request saves the ioctl.
+    conn, client = pair
+    client.sendall(b"after its last request")
+    conn.said_all = True
+    assert not conn.unread_input()
+
+
 def test_send_waits_for_a_slow_reader_and_delivers_everything(pair):
     conn, client = pair
     small_buffers(conn, client)

@@ -393,6 +393,50 @@ def test_the_same_content_length_twice_is_said_once():
     assert (response.status_code, body, whole, head.count(b"Content-Length")) == (200, b"ok", True, 1)
 
 
+def test_a_header_line_checked_once_is_reused_and_a_bad_one_never_kept():
+    good, evil = ("X-Cached", "v"), ("X-Cached", "v\r\nSet-Cookie: evil=1")
+    for _ in range(2):
+        response, body, whole, head = parse(run(GET11, _header(*good)).data)
+        assert (response.status_code, header(response, "x-cached")) == (200, "v")
+    assert (good in wsgi._LINES, evil in wsgi._LINES) == (True, False)
+    response, body, whole, head = parse(run(GET11, _header(*evil)).data)
+    assert response.status_code == 500 and b"evil" not in head  # a known name, a new value: checked
+
+
+def test_header_lines_that_never_repeat_are_not_kept():
+    for value in ("session=abc", "x" * 300):
+        run(GET11, _header("Set-Cookie" if "=" in value else "X-Long", value))
+    assert not any(name in ("Set-Cookie", "X-Long") for name, _ in wsgi._LINES)
+
+
+def test_a_kept_content_length_line_still_frames_each_response():
+    for _ in range(2):
+        response, body, whole, head = parse(run(GET11, _long).data)
+        assert (body, whole) == (b"123", True)
+
+
+@pytest.mark.parametrize("raw, said_all", [(GET11_CLOSE, True), (GET11, False), (GET10, True), (GET10_KEEP, False)])
+def test_a_client_that_said_its_request_was_its_last(raw, said_all):
+    # It sends nothing after: closing needs no look for unread input (transport.unread_input).
+    exchange = Exchange(raw, app_of())
+    exchange.serve()
+    assert exchange.conn.said_all is said_all
+    exchange.finish()
+
+
+def test_a_request_without_a_body_reads_as_empty_every_way():
+    seen = []
+
+    def app(environ, start_response):
+        body = environ["wsgi.input"]
+        seen.append((body.read(), body.read(5), body.readline(), body.readlines(), list(body)))
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    run(GET11, app)
+    assert seen == [(b"", b"", b"", [], [])]
+
+
 HOP_BY_HOP_HEADERS = [
     ("Connection", "keep-alive"), ("Keep-Alive", "timeout=99"), ("Proxy-Authenticate", "Basic"),
     ("Proxy-Authorization", "x"), ("TE", "trailers"), ("Trailer", "X-T"), ("Transfer-Encoding", "chunked"),
