@@ -580,7 +580,7 @@ class Arbiter(Supervisor):
         if self.promoting is not None or self.refork_busy():
             return
         if self.mold is not None and self.reforks >= len(self.config.refork_after):
-            return  # the list is done: the last mold stays
+            return  # the list is done: no promotion while its last mold runs
         current = self.mold.mold_generation if self.mold is not None else None
         for w in self.workers.values():
             if w.due and w.ready and not w.retiring and current in (None, w.mold_generation):
