@@ -33,8 +33,9 @@ USS (Private_Clean + Private_Dirty: what killing it would free).
 For `PREFORK_REFORK_AFTER=[50]`: warm until the arbiter logs "refork 1 done"
 (every worker then is a child of the mold, a worker promoted after its 50th
 request), then warm again as above, so the workers forked from the mold have
-served as much as the others before the reading. The mold stays (it only forks)
-and is counted.
+served as much as the others before the reading. With no PREFORK_MAX_REQUESTS
+the mold retires once every worker is its child (refork.py); one still running
+would be counted.
 
 Latency, cheap: each worker's first response (the first request an unseen pid
 answered) against the p50 of every response in the last warm-up. For runprefork
@@ -369,8 +370,8 @@ def report(results, meta):
             f"| {r['configuration']} | {r['pss_mib']} | {ratio(r['pss_mib'], base)} | {r['processes']} | "
             f"{', '.join(map(str, r['workers_uss_mib']))} | {r['others_pss_mib']} | {r['p50_ms']} | "
             f"{', '.join(map(str, r['first_request_ms'])) or '—'} |")
-    lines += ["", "Others: the arbiter/master (and, with refork, the mold). First request: the first response "
-              "from each worker pid the client saw (with refork, the workers alive at the reading: all children of the mold); "
+    lines += ["", "Others: the arbiter/master (and, with refork, the mold while it runs: it retires once every "
+              "worker is its child). First request: the first response from each worker pid the client saw (with refork, the workers alive at the reading: all children of the mold); "
               "a cold one loads Django and Wagtail then, unless preloaded.", ""]
     for r in results:
         if r.get("refork_log"):

@@ -541,8 +541,22 @@ class Arbiter(Supervisor):
     def refork_busy(self):
         """A promotion or a replacement under way: the arbiter looks more often."""
         return self.promoting is not None or any(w.recycling == "refork" for w in self.workers.values()) or (
-            self.mold is not None and any(w.mold_generation != self.mold.mold_generation
-                                          for w in self.workers.values()))
+            bool(self.outdated()))
+
+    def outdated(self):
+        """The serving workers the current mold is to replace. While the list runs: every one an
+        older mold (or the arbiter) forked. Past its end (a new mold after the last one died or
+        retired) only those the arbiter forked: a warm child of an earlier mold is not replaced."""
+        if self.mold is None:
+            return []
+        past_the_list = self.reforks > len(self.config.refork_after)
+        return [w for w in self.workers.values() if not w.retiring and (
+            w.mold_generation == 0 if past_the_list else w.mold_generation != self.mold.mold_generation)]
+
+    def mold_needed(self):
+        """Will the arbiter fork again with no worker dying? Recycling (PREFORK_MAX_REQUESTS) and
+        scaling up (PREFORK_MAX_WORKERS) will: the mold stays to fork their workers warm."""
+        return bool(self.config.max_requests) or self.scaler.enabled
 
     def tend_refork(self):
         for w in list(self.workers.values()):
@@ -566,7 +580,7 @@ class Arbiter(Supervisor):
         if self.promoting is not None or self.refork_busy():
             return
         if self.mold is not None and self.reforks >= len(self.config.refork_after):
-            return  # the list is done: the last mold stays
+            return  # the list is done: no promotion while its last mold runs
         current = self.mold.mold_generation if self.mold is not None else None
         for w in self.workers.values():
             if w.due and w.ready and not w.retiring and current in (None, w.mold_generation):
@@ -604,16 +618,26 @@ class Arbiter(Supervisor):
         serving = [w for w in self.workers.values() if not w.retiring]
         if any(not w.ready for w in serving) or any(w.recycling == "refork" for w in self.workers.values()):
             return
-        old = [w for w in serving if w.mold_generation != self.mold.mold_generation]
+        if len(serving) < self.worker_count:
+            return  # the promoted worker's successor is not forked yet: the refork is not done
+        old = self.outdated()
         if old:
             self.recycle(old[0], f"refork {self.reforks}: replacing it with a child of the mold", "refork")
         elif self.refork_said < self.reforks:
             self.refork_said = self.reforks
             now = [x for x in (read_memory(w.pid) for w in serving) if x]
             before = getattr(self, "uss_before_refork", [])
-            log.info("refork %d done: %d workers forked from the mold; their USS %s (sum %s), before %s (sum %s)",
-                     self.reforks, len(serving), mib(mean([m[1] for m in now])), mib(sum(m[1] for m in now)),
-                     mib(mean(before)), mib(sum(before)))
+            children = sum(w.mold_generation == self.mold.mold_generation for w in serving)
+            log.info("refork %d done: %d worker%s forked from the mold; the workers' USS %s (sum %s), before %s "
+                     "(sum %s)", self.reforks, children, "" if children == 1 else "s", mib(mean([m[1] for m in now])),
+                     mib(sum(m[1] for m in now)), mib(mean(before)), mib(sum(before)))
+            if self.reforks >= len(self.config.refork_after) and not self.mold_needed():
+                # What it keeps private is the original of every page its children copied: freed.
+                log.info("refork %d: the mold (pid %d) retires: the list is done and only a death would fork "
+                         "again (no PREFORK_MAX_REQUESTS, no PREFORK_MAX_WORKERS); a worker the arbiter forks "
+                         "from now on becomes the next mold at %d requests", self.reforks, self.mold.pid,
+                         self.config.refork_after[-1])
+                self.retire_mold()
 
     def retire_mold(self):
         old = self.mold

@@ -9,8 +9,18 @@ accepting, finishes what it holds, closes what must not be shared (database
 connections, cache clients, its connections; the arbiter frees its scoreboard
 slot) and from then on only forks. The arbiter replaces the workers one at a
 time with children of the mold, successor first. A worker forked from that mold
-that has served 100 requests becomes the next mold, and so on; past the
-list's end the last mold stays.
+that has served 100 requests becomes the next mold, and so on.
+
+Past the list's end the last mold stays while the arbiter expects to fork
+again with no worker dying: PREFORK_MAX_REQUESTS recycles every worker,
+PREFORK_MAX_WORKERS scales up, and their workers come warm from the mold.
+Otherwise, once every worker is its child, the mold retires (it exits): what it
+keeps private is the original of every page all its children copied, freed.
+A worker the arbiter forks after that (a death, a timeout, TTIN) is cold, and
+the last count promotes it to a new mold, which replaces only the workers the
+arbiter forked (the warm children of an earlier mold serve on) and retires in
+turn; so each death costs a promotion and one fork more, never a refork of
+every worker.
 
 Who supervises the children: the arbiter, always. It is a child subreaper
 (prctl PR_SET_CHILD_SUBREAPER), and the mold double-forks: the mold's child
@@ -92,7 +102,7 @@ def threshold(counts, promotions, mold_alive):
         return 0
     if promotions < len(counts):
         return counts[promotions]
-    return 0 if mold_alive else counts[-1]  # a dead last mold is replaced at the last count
+    return 0 if mold_alive else counts[-1]  # a dead or retired last mold is replaced at the last count
 
 
 def other_threads():
