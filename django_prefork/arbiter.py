@@ -322,10 +322,10 @@ class Arbiter(Supervisor):
         refork_at, mold_generation = 0, 0
         if self.refork:
             control, theirs = refork.channel()
-            refork_at = refork.threshold(self.config.refork_after, self.reforks, self.mold is not None)
         pid = None
         if self.mold is not None:
             mold_generation = self.mold.mold_generation
+            refork_at = refork.threshold(self.config.refork_after, self.reforks, True)
             pid = refork.ask_fork(self.mold.control, {
                 "number": number, "slot": slot, "max_requests": max_requests, "refork_at": refork_at,
                 "mold_generation": mold_generation}, [beat.fd, theirs.fileno()])
@@ -335,6 +335,8 @@ class Arbiter(Supervisor):
                 self.drop_mold()
                 mold_generation = 0
         if pid is None:
+            if self.refork:  # no mold forks it (none yet, retired, dead, or just dropped): it may make the next
+                refork_at = refork.threshold(self.config.refork_after, self.reforks, False)
             pid = os.fork()
             if pid == 0:
                 try:
@@ -648,7 +650,10 @@ class Arbiter(Supervisor):
         kill_quietly(old.pid, signal.SIGTERM)
 
     def drop_mold(self):
+        """A mold that gave no pid for a fork request: hung or broken, it may never act on TERM. Killed."""
+        pid = self.mold.pid
         self.retire_mold()
+        kill_quietly(pid, signal.SIGKILL)
 
     def mold_exited(self, pid, status, stopping):
         code = os.waitstatus_to_exitcode(status)

@@ -284,3 +284,30 @@ def test_a_retired_molds_successor_replaces_only_the_cold_worker():
         assert not load.failures, load.failures
         assert survivor in serving_workers(server) and "refork 2: replacing it" not in server.output
         wait_until(lambda: not alive(new_mold) and not mold_pids(server), message="the second mold gone")
+
+
+def test_a_worker_forked_after_a_mold_stops_answering_is_promoted_at_the_last_count():
+    # PREFORK_MAX_REQUESTS keeps the last mold. A mold that does not answer a fork request is
+    # dropped; the worker the arbiter forks in its stead is cold, and must become the next mold.
+    with refork_server([60], workers=2, PREFORK_MAX_REQUESTS=10**9) as server:
+        server.wait_workers(2)
+        with Load(server) as load:
+            server.wait_for(r"refork 1 done", timeout=60)
+        assert not load.failures, load.failures
+        [mold] = mold_pids(server)
+        os.kill(mold, signal.SIGSTOP)  # hung: it will never answer
+        try:
+            before = serving_workers(server)
+            victim = before[0]
+            os.kill(victim, signal.SIGKILL)
+            server.wait_for(rf"the mold \(pid {mold}\) could not fork worker", timeout=20)
+            # A mold dropped for not answering is killed, not left hanging until the server stops.
+            wait_until(lambda: not alive(mold), timeout=10, message="the dropped mold gone")
+            [cold] = wait_until(lambda: set(serving_workers(server)) - set(before), message="the cold worker")
+            with Load(server, keepalive=False) as load:  # a connection each: the cold worker gets its share
+                server.wait_for(rf"refork 2: worker \d+ \(pid {cold}\) is the mold", timeout=30)
+                server.wait_for(r"refork 2 done", timeout=30)
+            assert not load.failures, load.failures
+        finally:
+            if alive(mold):
+                os.kill(mold, signal.SIGKILL)
