@@ -340,6 +340,8 @@ class Arbiter(Supervisor):
             pid = os.fork()
             if pid == 0:
                 try:
+                    if control is not None:
+                        control.close()  # the arbiter's end: open here, the channel would never read EOF
                     self.become_worker(number, ppid, beat, max_requests, slot, control=theirs, refork_at=refork_at)
                 finally:
                     os._exit(1)

@@ -311,3 +311,35 @@ def test_a_worker_forked_after_a_mold_stops_answering_is_promoted_at_the_last_co
         finally:
             if alive(mold):
                 os.kill(mold, signal.SIGKILL)
+
+
+def seqpacket_sockets(pid):
+    """The inodes of the SOCK_SEQPACKET sockets `pid` holds: only refork channels are of that type."""
+    with open("/proc/net/unix") as f:
+        seqpacket = {int(line.split()[6]) for line in list(f)[1:] if line.split()[4] == "0005"}
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        match = re.fullmatch(r"socket:\[(\d+)\]", target)
+        if match and int(match.group(1)) in seqpacket:
+            held.add(int(match.group(1)))
+    return held
+
+
+def test_each_channel_has_one_end_in_the_arbiter_and_the_other_in_its_worker_or_mold():
+    # The arbiter's end left open in a worker: its channel never reads EOF when the arbiter closes it
+    # (a mold is told to exit that way), and every child of a mold holds the mold's channel too.
+    with refork_server([60], workers=2, PREFORK_MAX_REQUESTS=10**9) as server:
+        server.wait_workers(2)
+        with Load(server) as load:
+            server.wait_for(r"refork 1 done", timeout=60)
+        assert not load.failures, load.failures
+        [arbiter] = server.arbiter_pids()
+        ours = seqpacket_sockets(arbiter)
+        assert len(ours) == 3  # the mold's channel and each worker's
+        for pid in [*mold_pids(server), *serving_workers(server)]:
+            theirs = seqpacket_sockets(pid)
+            assert len(theirs) == 1 and not theirs & ours, (pid, theirs, ours)
