@@ -173,6 +173,9 @@ BARE = "bare app"
 KEEPALIVE = {"hello-keepalive": "hello", "json-keepalive": "json"}  # each with its `Connection: close` twin
 KEEPALIVE_SECONDS = "75"  # runprefork's PREFORK_KEEPALIVE in the keep-alive configuration
 MINIMAL = "minimal loop"  # benchmarks/minimal_loop.py: the floor, on hello and JSON only
+# runprefork with the app loaded before the fork, as uWSGI and the minimal loop load theirs: the
+# workers then run one copy of Django's code and data, which the CPUs' shared cache holds once.
+PRELOAD = "runprefork --preload"
 MINIMAL_SCENARIOS = ("hello", "json", *KEEPALIVE)
 ATTACK = "attack"  # slow clients beside a probe (benchmarks/attack.py), in a table of its own
 ATTACK_SERVERS = ("runprefork", "gunicorn", "uwsgi", "granian", "waitress")
@@ -480,6 +483,7 @@ def server_commands(workers, port, bare=False, keepalive=False):
     if has_module("waitress"):  # threads, not processes: one process of `workers` threads
         servers["waitress"] = [py, "-m", "waitress", f"--threads={workers}", f"--listen=127.0.0.1:{port}", app]
     if not bare:
+        servers[PRELOAD] = servers["runprefork"] + ["--preload"]
         servers[MINIMAL] = [py, os.path.join(HERE, "minimal_loop.py"), str(port), str(workers)]
     return servers
 
@@ -1127,12 +1131,13 @@ def report(args, results, first_200, memory, loader, burst=None, app_us=None, at
               f"{args.rounds} rounds × {args.duration} s, {args.workers} workers, DEBUG off.", ""]
     names = [n for n in args.servers if any((s, n) in results for s in args.scenarios + [OVERLOAD])]
     has_limit = any((s, CEILING) in results for s in args.scenarios + [OVERLOAD])
-    peers = [p for p in PEERS if p in names] if "runprefork" in names else []
+    peers = [p for p in (*PEERS, MINIMAL) if p in names] if "runprefork" in names else []
+    ours = [n for n in ("runprefork", PRELOAD) if n in names]
     if args.scenarios:
         header = ["scenario"] + (["limit"] if has_limit else [])
         for name in names:
             header += [name] + (["% of limit"] if has_limit else [])
-        header += [f"runprefork / {p}" for p in peers]
+        header += [f"{n} / {p}" for n in ours for p in peers]
         lines += ["## Requests per second (median of rounds)", "", "| " + " | ".join(header) + " |",
                   "|---" * len(header) + "|"]
         for scenario in args.scenarios:
@@ -1150,9 +1155,10 @@ def report(args, results, first_200, memory, loader, burst=None, app_us=None, at
                 row.append(f"{med:,.0f}" + (f" ({bad:,} failed)" if bad else ""))
                 if has_limit:
                     row.append(_pct(of_limit(results, app_us, scenario, name)))
-            for p in peers:
-                x = ratio(results, scenario, "runprefork", p)
-                row.append(f"**{x:.2f}×**" if x else "–")
+            for n in ours:
+                for p in peers:
+                    x = ratio(results, scenario, n, p)
+                    row.append(f"**{x:.2f}×**" if x else "–")
             lines.append("| " + " | ".join(row) + " |")
         lines += ["", "\"failed\" counts wrk's socket errors and non-2xx answers over all rounds; "
                   "% of limit and the ratios are medians of the per-round values."]
@@ -1545,7 +1551,8 @@ def main():
     parser.add_argument("--attack-readers", type=int, default=10, help="slow readers of the attack")
     parser.add_argument("--attack-seconds", type=float, default=8, help="how long the attack's probe runs")
     parser.add_argument("--servers", default="runprefork,gunicorn,runserver,granian,uwsgi,waitress,minimal",
-                        help="comma-separated (minimal: the minimal loop); each takes the scenarios it applies to")
+                        help="comma-separated (minimal: the minimal loop; preload: runprefork --preload); each "
+                             "takes the scenarios it applies to")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--quick", action="store_true",
                         help="hello unless --scenarios says otherwise, 2 rounds of 4 s, an attack of 4 s, no memory, "
@@ -1560,7 +1567,7 @@ def main():
     args.overload = (OVERLOAD in wanted or ("hello" in wanted and not args.quick)) and not args.no_overload
     args.limit = not args.no_limit
     args.ceiling_label, args.no_close = None, []
-    args.servers = [MINIMAL if name == "minimal" else name for name in args.servers.split(",")]
+    args.servers = [{"minimal": MINIMAL, "preload": PRELOAD}.get(name, name) for name in args.servers.split(",")]
     args.kept = {}
     args.burst = BURST in wanted and "runprefork" in args.servers
     args.attack = ATTACK in wanted

@@ -114,34 +114,32 @@ _RULED = frozenset((b"host", b"content-type", b"content-length", b"transfer-enco
 class Request:
     """The parser's callbacks, collecting one request into plain fields."""
 
-    # Every request starts from these (class attributes: a request sets only what it changes).
-    parser = None
-    method = b""
-    target = b""
-    version = "1.1"
-    host_count = 0
-    content_type_seen = False
-    content_length = None
-    chunked = False
-    upgrade = False
-    keep_alive = False
-    expect_continue = False
-    headers_complete = False
-    complete = False
-    trailers = 0
-    started = 0.0  # monotonic: when its first bytes were read
-    # Whether the bytes being fed may run past the message's end. Not while a
-    # head is fed up to its blank line (the common request: no exception).
-    stop_at_end = True
-    progress = False  # a body byte or a whole trailer arrived in this feed
-    buffer = None  # the BodyBuffer holding the whole body, when the server buffers it
-    error = None  # an HTTPError met after the head, while reading the body
-
     def __init__(self, limits):
         self.limits = limits
+        self.parser = None
+        self.method = b""
+        self.target = b""
+        self.version = "1.1"
         self.headers = []  # (name lowercased, value) in arrival order
+        self.host_count = 0
+        self.content_type_seen = False
+        self.content_length = None
+        self.chunked = False
+        self.upgrade = False
+        self.keep_alive = False
+        self.expect_continue = False
+        self.headers_complete = False
+        self.complete = False
+        self.trailers = 0
+        self.started = 0.0  # monotonic: when its first bytes were read
+        # Whether the bytes being fed may run past the message's end. Not while a
+        # head is fed up to its blank line (the common request: no exception).
+        self.stop_at_end = True
+        self.progress = False  # a body byte or a whole trailer arrived in this feed
         self.body = bytearray()  # decoded body bytes the app has not read yet
         self.sink = self.body.extend
+        self.buffer = None  # the BodyBuffer holding the whole body, when the server buffers it
+        self.error = None  # an HTTPError met after the head, while reading the body
 
     # -- httptools callbacks -------------------------------------------------
 

@@ -293,10 +293,11 @@ class Reactor:
     def _accept_while_hot(self, last_ready=None):
         """Accept until a new complete request is ready (behind `last_ready`, the last one
         already waiting), the listeners run dry, or the worker is full."""
+        most = self.config.max_connections
         for listener_fd, entry in self.listeners.items():
             accept, family, hot, listener = entry
             while hot and self.accepting and (not self.ready or self.ready[-1] is last_ready):
-                if len(self.conns) >= self.config.max_connections and not self._idle():
+                if len(self.conns) >= most and not self._idle():
                     return  # full, and nothing idle to make room with: the listen queue keeps it
                 try:
                     fd, client = accept()
@@ -307,7 +308,7 @@ class Reactor:
                     log.warning("accept failed: %s", exc)
                     entry[2] = False
                     break
-                if len(self.conns) >= self.config.max_connections:
+                if len(self.conns) >= most:
                     self._close_oldest_idle()  # room for a client that is here, not for one that may come
                 conn = Connection(_socket.socket(family, SOCK_STREAM, 0, fd), client, family == AF_UNIX, listener_fd)
                 self._take(conn)
@@ -381,17 +382,16 @@ class Reactor:
             used = reader.feed(data)
         except HTTPError as exc:
             return self._refuse(conn, exc)
-        if not reader.head_complete:
+        request = reader.request
+        if not request.headers_complete:  # all of `data` was taken: the head goes on
             self._hold_head(conn, reader.received)
             if self.head_bytes > HEAD_MEMORY:
                 return self._refuse(conn, HTTPError(503, "Too many unfinished request heads at once"))
-        elif conn.head_held:
+            return
+        if conn.head_held:
             self._hold_head(conn, 0)
         if used < len(data):
             conn.inbuf = data[used:]  # the next request's: parsed once this one is answered
-        if not reader.head_complete:
-            return
-        request = reader.request
         if not conn.body_since:
             conn.body_since = conn.heard
             if request.expect_continue and not request.complete and request.buffer is not None:

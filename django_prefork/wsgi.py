@@ -52,7 +52,6 @@ _LINES_KEPT, _LINE_VALUE_KEPT = 2048, 200
 # What a proxy says to mean "the client spoke https": gunicorn's secure_scheme_headers.
 FORWARDED_HTTPS = (("HTTP_X_FORWARDED_PROTO", "https"), ("HTTP_X_FORWARDED_SSL", "on"),
                    ("HTTP_X_FORWARDED_PROTOCOL", "ssl"))
-_FORWARDED_KEYS = frozenset(key for key, _ in FORWARDED_HTTPS)
 
 
 class InvalidHeader(ValueError):
@@ -211,10 +210,15 @@ def _forwarded_https(environ):
 
 
 def build_environ(context, request, client):
-    path, query, authority = split_target(request.method, request.target)
+    target = request.target
+    if target[:1] == b"/" and b"#" not in target:  # origin-form, as nearly every request is
+        path, _, query = target.partition(b"?")
+        authority = None
+    else:
+        path, query, authority = split_target(request.method, target)
     environ = context.base_environ.copy()
     environ["REQUEST_METHOD"] = request.method.decode("latin-1")
-    environ["PATH_INFO"] = decode_path(path)
+    environ["PATH_INFO"] = decode_path(path) if b"%" in path else path.decode("latin-1")
     if context.script_name:
         environ["PATH_INFO"] = _below_mount(environ["PATH_INFO"], context.script_name)
     environ["QUERY_STRING"] = query.decode("latin-1")
@@ -236,8 +240,9 @@ def build_environ(context, request, client):
         environ[key] = value
     # Whom to trust is asked only of a request that says something (an address parse costs
     # more than the rest of the environ).
-    if (_FORWARDED_KEYS & environ.keys()) and context.trusts_forwarded(environ["REMOTE_ADDR"]) \
-            and _forwarded_https(environ):
+    if ("HTTP_X_FORWARDED_PROTO" in environ or "HTTP_X_FORWARDED_SSL" in environ
+            or "HTTP_X_FORWARDED_PROTOCOL" in environ) \
+            and context.trusts_forwarded(environ["REMOTE_ADDR"]) and _forwarded_https(environ):
         environ["wsgi.url_scheme"] = "https"
     if authority is not None:  # RFC 9112 §3.2.2: absolute-form wins over Host
         environ["HTTP_HOST"] = authority.decode("latin-1")
