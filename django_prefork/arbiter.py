@@ -637,10 +637,10 @@ class Arbiter(Supervisor):
                      mib(sum(m[1] for m in now)), mib(mean(before)), mib(sum(before)))
             if self.reforks >= len(self.config.refork_after) and not self.mold_needed():
                 # What it keeps private is the original of every page its children copied: freed.
-                log.info("refork %d: the mold (pid %d) retires: the list is done and only a death would fork "
-                         "again (no PREFORK_MAX_REQUESTS, no PREFORK_MAX_WORKERS); a worker the arbiter forks "
-                         "from now on becomes the next mold at %d requests", self.reforks, self.mold.pid,
-                         self.config.refork_after[-1])
+                log.info("refork %d: the mold (pid %d) retires: the list is done and neither PREFORK_MAX_REQUESTS "
+                         "nor PREFORK_MAX_WORKERS will fork again; a worker the arbiter forks from now on (after "
+                         "a death, a memory recycle, TTIN) becomes the next mold at %d requests", self.reforks,
+                         self.mold.pid, self.config.refork_after[-1])
                 self.retire_mold()
 
     def retire_mold(self):

@@ -16,11 +16,11 @@ again with no worker dying: PREFORK_MAX_REQUESTS recycles every worker,
 PREFORK_MAX_WORKERS scales up, and their workers come warm from the mold.
 Otherwise, once every worker is its child, the mold retires (it exits): what it
 keeps private is the original of every page all its children copied, freed.
-A worker the arbiter forks after that (a death, a timeout, TTIN) is cold, and
-the last count promotes it to a new mold, which replaces only the workers the
-arbiter forked (the warm children of an earlier mold serve on) and retires in
-turn; so each death costs a promotion and one fork more, never a refork of
-every worker.
+A worker the arbiter forks after that (a death, a timeout, a
+PREFORK_MAX_WORKER_MEMORY recycle, TTIN) is cold, and the last count promotes
+it to a new mold, which replaces only the workers the arbiter forked (the warm
+children of an earlier mold serve on) and retires in turn; so each death costs
+a promotion and one fork more, never a refork of every worker.
 
 Who supervises the children: the arbiter, always. It is a child subreaper
 (prctl PR_SET_CHILD_SUBREAPER), and the mold double-forks: the mold's child
@@ -31,12 +31,14 @@ the arbiter before it sets PR_SET_PDEATHSIG and starts serving.
 
 The channel: each worker gets a SOCK_SEQPACKET socket pair from the arbiter.
 Worker to arbiter: b"C" (served its count), b"R..." (refused to be the mold,
-and why), b"M" (the mold is ready). Arbiter to mold: a JSON fork request with
+and why; it serves on), b"X..." (refused once it had stopped accepting; it
+exits, replaced), b"M" (the mold is ready). Arbiter to mold: a JSON fork request with
 two fds (SCM_RIGHTS): the new worker's heartbeat file, made by the arbiter as
 always, and its end of its own socket pair. Mold to arbiter: b"P<pid>", or
-b"F" when the fork failed; an arbiter that gets no good answer drops the mold
-and forks from itself again: a mold is replaced by the next promotion, never
-by a half-made child.
+b"F" when the fork failed; an arbiter that gets no good answer in REPLY_WAIT
+drops the mold (SIGKILL: a hung mold may never act on TERM) and forks from
+itself again: a mold is replaced by the next promotion, never by a half-made
+child.
 
 Fork safety: a worker with a thread besides its main one is never used (the
 hand-off thread of reactor.py is stopped first; with PREFORK_THREADS > 1
