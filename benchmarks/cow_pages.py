@@ -2,17 +2,26 @@
 
     sudo python benchmarks/cow_pages.py CHILD PARENT     # e.g. a worker and its mold, or its arbiter
 
-For each page of the child's [anon] and [heap] mappings that only the child maps
-(/proc/kpagecount 1), its content against the parent's: "same" (copied on write,
-then written back as it was: a reference count raised and lowered), "diff<=N w"
-(N 8-byte words differ), "parent-absent" (new since the fork). Needs root: the
-page frame numbers of /proc/PID/pagemap, /proc/kpagecount and /proc/PID/mem.
+CHILD is a worker; PARENT the process it was forked from: its mold (`ps` titles it
+"runprefork mold"), or its arbiter for a worker the arbiter forked. The last mold
+retires once every worker is its child: to compare against it, run the server with
+PREFORK_MAX_REQUESTS (any large value) so that it stays.
+
+For each page of the child's readable [anon] and [heap] mappings that only the child
+maps (/proc/kpagecount 1), its content against the parent's page at the same address:
+"same" (copied on write, then written back as it was: a reference count raised and
+lowered), "diff<=N w" (at most N 8-byte words differ), "parent-zero" (the parent's
+page is all zeros), "parent-absent" (the parent has no page there: new since the
+fork), "unreadable" (the page went away while read). Needs root: the page frame
+numbers of /proc/PID/pagemap, /proc/kpagecount and /proc/PID/mem. It only reads,
+and prints only counts: no memory content.
 """
+import os
 import struct
 import sys
 from collections import Counter
 
-PAGE = 4096
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def maps(pid):
@@ -37,26 +46,24 @@ def pfns(pid, lo, hi):
     return res
 
 
-kpc = open("/proc/kpagecount", "rb")
-
-
-def count(pfn):
+def count(kpc, pfn):
     kpc.seek(pfn * 8)
     return struct.unpack("<Q", kpc.read(8))[0]
 
 
-def read(pid, addr, n=PAGE):
+def read(mem, addr):
+    """The page at `addr`, or None where it cannot be read whole."""
     try:
-        with open(f"/proc/{pid}/mem", "rb") as f:
-            f.seek(addr)
-            return f.read(n)
+        mem.seek(addr)
+        page = mem.read(PAGE)
     except OSError:
         return None
+    return page if len(page) == PAGE else None
 
 
 def classify(a, b):
-    if b is None:
-        return "parent-none"
+    if a is None or b is None:
+        return "unreadable"
     if a == b:
         return "same"
     wa = struct.unpack(f"<{PAGE // 8}Q", a)
@@ -74,33 +81,39 @@ def classify(a, b):
 
 
 def main():
+    if len(sys.argv) != 3 or not all(arg.isdigit() for arg in sys.argv[1:]):
+        sys.exit(f"usage: sudo {sys.executable} {sys.argv[0]} CHILD_PID PARENT_PID")
+    if os.geteuid() != 0:
+        sys.exit("cow_pages.py needs root: without it the kernel hides page frame numbers and /proc/kpagecount")
     child, parent = int(sys.argv[1]), int(sys.argv[2])
-    pmaps = maps(parent)
     totals = Counter()
     kinds = Counter()
-    for lo, hi, perms, path in maps(child):
-        kind = "*.so" if ".so" in path else path if not path.startswith("/") else "file"
-        if kind not in ("[anon]", "[heap]"):
-            continue
-        cp = pfns(child, lo, hi)
-        inparent = any(plo <= lo < phi for plo, phi, _, _ in pmaps)
-        pp = pfns(parent, lo, hi) if inparent else [None] * len(cp)
-        for i, pfn in enumerate(cp):
-            if pfn is None or pfn == 0:
+    with (open("/proc/kpagecount", "rb", buffering=0) as kpc,
+          open(f"/proc/{child}/mem", "rb", buffering=0) as child_mem,
+          open(f"/proc/{parent}/mem", "rb", buffering=0) as parent_mem):
+        for lo, hi, perms, path in maps(child):
+            kind = "*.so" if ".so" in path else path if not path.startswith("/") else "file"
+            if kind not in ("[anon]", "[heap]") or perms[0] != "r":  # a PROT_NONE reservation has no page
                 continue
-            if count(pfn) != 1:
-                continue
-            addr = lo + i * PAGE
-            if pp[i] is None:
-                c = "parent-absent"
-            else:
-                c = classify(read(child, addr), read(parent, addr))
-            totals[(kind, c)] += 1
-            kinds[kind] += 1
+            cp = pfns(child, lo, hi)
+            pp = pfns(parent, lo, hi)  # where the parent maps nothing, its entries say "not present"
+            for i, pfn in enumerate(cp):
+                if pfn is None or pfn == 0:
+                    continue
+                if count(kpc, pfn) != 1:
+                    continue
+                addr = lo + i * PAGE
+                if pp[i] is None:
+                    c = "parent-absent"
+                else:
+                    c = classify(read(child_mem, addr), read(parent_mem, addr))
+                totals[(kind, c)] += 1
+                kinds[kind] += 1
     for k, v in sorted(totals.items()):
-        print(f"{k[0]:8} {k[1]:14} {v * 4 / 1024:7.1f} MiB")
+        print(f"{k[0]:8} {k[1]:14} {v * PAGE / 1048576:7.1f} MiB")
     for k, v in kinds.items():
-        print(f"{k:8} total private {v * 4 / 1024:7.1f} MiB")
+        print(f"{k:8} total private {v * PAGE / 1048576:7.1f} MiB")
 
 
-main()
+if __name__ == "__main__":
+    main()
