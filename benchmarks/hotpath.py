@@ -175,7 +175,7 @@ def main():
     beat = heartbeat.Heartbeat(tmp, board.heartbeat_record(block, 0))
     slot = board.writer(block, 0, beat.end_request)
     config = conf.Config.load()
-    context = wsgi.WorkerContext(app, FakeListener(), config, beat)
+    context = wsgi.WorkerContext(app, FakeListener(), config, beat.records[0])
     request = REQUEST.replace(b"Connection: close\r\n", b"") if args.keepalive else REQUEST
     kept = Connection(FakeSocket(), ("127.0.0.1", 50000))
 

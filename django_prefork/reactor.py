@@ -229,7 +229,8 @@ class Reactor:
         if conn.fd not in self.conns:  # forgotten (a thread that timed out): nothing of it is ours
             return conn.close()
         conn.reader = None
-        conn.seal_spool()
+        if conn.spool_file is not None:
+            conn.seal_spool()
         if conn.out or conn.out_file is not None:
             self._count_queued(conn.out_bytes)
             self._enter(conn, WRITING)
@@ -475,7 +476,8 @@ class Reactor:
     def _drop(self, conn, abort=False):
         if self.conns.pop(conn.fd, None) is None:
             return
-        self._hold_head(conn, 0)
+        if conn.head_held:
+            self._hold_head(conn, 0)
         if conn.spooled or (conn.state == WRITING and conn.out_bytes):
             self._count_queued(-conn.out_bytes if conn.state == WRITING else 0, -conn.spooled)
         self.watched.pop(conn.fd, None)  # close() takes it out of the epoll set

@@ -329,7 +329,8 @@ class Connection:
     def close(self, abort=False):
         """Close; `abort`: with RST, discarding what the kernel still holds for a client
         too slow to ever get it (a plain close would leave it trickling out for minutes)."""
-        self.drop_output()
+        if self.out or self.out_file is not None or self.spool_file is not None:
+            self.drop_output()
         if abort:
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)

@@ -213,7 +213,7 @@ class SyncWorker:
             return self.serve_threaded(app)
         reactor = self.reactor = Reactor(self.listeners, self.config, self.wakeup_r, self.refuse, self.end_request,
                                          self.lot)
-        self.contexts = {fd: WorkerContext(app, listener, self.config, self.heartbeat, self.last_request,
+        self.contexts = {fd: WorkerContext(app, listener, self.config, self.heartbeat.records[0], self.last_request,
                                                reactor.may_queue)
                          for fd, listener in ((l.fileno(), l) for l in self.listeners)}
         reactor.limits = next(iter(self.contexts.values())).limits

@@ -78,12 +78,12 @@ class WorkerContext:
 
     response = None  # the latest Response: a timed-out worker answers its client 500 through it
 
-    def __init__(self, app, listener, config, heartbeat, stopping=lambda: False, may_queue=None):
+    def __init__(self, app, listener, config, record, stopping=lambda: False, may_queue=None):
         self.app = app
         self.keepalive = config.keepalive
         self.stopping = stopping  # callable: the worker is on its way out, every connection closes
         self.may_queue = may_queue  # callable(bytes): may the event loop finish a response this long
-        self.start_request = heartbeat.start_request  # names the request if it hangs
+        self.start_request = record.start_request  # the app slot's heartbeat record: names the request if it hangs
         self.client_timeout = config.client_timeout
         self.limits = Limits(
             config.limit_request_line,
