@@ -343,3 +343,23 @@ def test_each_channel_has_one_end_in_the_arbiter_and_the_other_in_its_worker_or_
         for pid in [*mold_pids(server), *serving_workers(server)]:
             theirs = seqpacket_sockets(pid)
             assert len(theirs) == 1 and not theirs & ours, (pid, theirs, ours)
+
+
+def test_a_worker_added_by_ttin_after_the_retirement_is_promoted_and_its_mold_retires():
+    with refork_server([60], workers=2) as server:
+        server.wait_workers(2)
+        with Load(server) as load:
+            mold = int(server.wait_for(r"refork 1: the mold \(pid (\d+)\) retires", timeout=60).group(1))
+        assert not load.failures, load.failures
+        wait_until(lambda: not alive(mold) and not mold_pids(server), message="the mold gone")
+        warm = set(serving_workers(server))
+        os.kill(server.pid, signal.SIGTTIN)  # no mold: the arbiter forks the third worker cold
+        [cold] = wait_until(lambda: set(serving_workers(server)) - warm, message="a third worker")
+        with Load(server, keepalive=False) as load:
+            server.wait_for(rf"refork 2: worker \d+ \(pid {cold}\) is the mold", timeout=30)
+            server.wait_for(r"refork 2 done: 1 worker forked from the mold", timeout=30)
+            new_mold = int(server.wait_for(r"refork 2: the mold \(pid (\d+)\) retires", timeout=10).group(1))
+        assert not load.failures, load.failures
+        assert new_mold == cold and "refork 2: replacing it" not in server.output
+        wait_until(lambda: not alive(cold) and not mold_pids(server), message="the second mold gone")
+        assert len(serving_workers(server)) == 3 and warm <= set(serving_workers(server))
