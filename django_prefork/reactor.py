@@ -210,19 +210,22 @@ class Reactor:
             events = self.epoll.poll(seconds)
         except InterruptedError:
             events = ()
+        woken = False
+        now = time.monotonic()
         for fd, mask in events:
             if fd in self.listeners:
                 self.listeners[fd][2] = True
+            elif fd == self.wakeup_fd:
+                woken = True
             elif self.lot is not None and fd == self.lot[1].fileno():
                 self._receive_handed_off()
-            elif fd != self.wakeup_fd:
+            else:
                 conn = self.conns.get(fd)
                 if conn is not None:
-                    self._on_ready(conn)
-        now = time.monotonic()
+                    self._on_ready(conn, now)
         if now - self.swept >= SWEEP_EVERY:
             self.sweep(now)
-        return any(fd == self.wakeup_fd for fd, _ in events)
+        return woken
 
     def answered(self, conn):
         """The app slot is done with `conn`: finish its response here, keep it, or close it."""
@@ -356,7 +359,7 @@ class Reactor:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _on_ready(self, conn):
+    def _on_ready(self, conn, now):
         state = conn.state
         if state == WRITING:
             self._write(conn)
@@ -370,8 +373,8 @@ class Reactor:
             if not data:
                 return self._client_closed(conn)
             if state == IDLE:
-                self._enter(conn, READING)
-            self._parse(conn, data)
+                self._enter(conn, READING, now)
+            self._parse(conn, data, now)
 
     def _parse(self, conn, data, now=None):
         reader = conn.reader
@@ -488,7 +491,9 @@ class Reactor:
 
     def _enter(self, conn, state, now=None):
         conn.state, conn.since = state, now or time.monotonic()
-        self._watch(conn, _WATCH[state])
+        events = _WATCH[state]
+        if events is not None and self.watched.get(conn.fd) != events:
+            self._watch(conn, events)
 
     def _watch(self, conn, events):
         now = self.watched.get(conn.fd)
