@@ -135,6 +135,7 @@ class WorkerProcess:
         self.ready = False
         self.control = None  # our end of its refork channel (refork.py), or None
         self.mold_generation = 0  # the refork whose mold forked it; 0: we did
+        self.refork_at = 0  # the request count at which it said it would be due (0: never)
         self.due = False  # it served its refork count: it may be promoted
         self.promoting = False  # sent PROMOTE; not yet the mold
 
@@ -350,7 +351,7 @@ class Arbiter(Supervisor):
         if slot is not None:
             self.scoreboard.set_pid(self.block, slot, pid)
         w = self.workers[pid] = WorkerProcess(pid, number, beat, slot)
-        w.control, w.mold_generation = control, mold_generation
+        w.control, w.mold_generation, w.refork_at = control, mold_generation, refork_at
         if slot is not None:
             self.scoreboard.set_mold_generation(self.block, slot, mold_generation)
         log.debug("booting worker %d (pid %d)", number, pid)
@@ -590,8 +591,7 @@ class Arbiter(Supervisor):
             if w.due and w.ready and not w.retiring and current in (None, w.mold_generation):
                 w.due, w.promoting, self.promoting = False, True, w
                 w.promoted_from = read_memory(w.pid)
-                log.info("%s served its %s requests: promoting it to the mold", w,
-                         self.config.refork_after[min(self.reforks, len(self.config.refork_after) - 1)])
+                log.info("%s served its %s requests: promoting it to the mold", w, w.refork_at)
                 kill_quietly(w.pid, refork.PROMOTE)
                 return
 

@@ -305,6 +305,8 @@ def test_a_worker_forked_after_a_mold_stops_answering_is_promoted_at_the_last_co
             wait_until(lambda: not alive(mold), timeout=10, message="the dropped mold gone")
             [cold] = wait_until(lambda: set(serving_workers(server)) - set(before), message="the cold worker")
             with Load(server, keepalive=False) as load:  # a connection each: the cold worker gets its share
+                # The count it was given, logged (not one the arbiter's promotions count would say).
+                server.wait_for(rf"\(pid {cold}\) served its 60 requests: promoting it", timeout=30)
                 server.wait_for(rf"refork 2: worker \d+ \(pid {cold}\) is the mold", timeout=30)
                 server.wait_for(r"refork 2 done", timeout=30)
             assert not load.failures, load.failures
