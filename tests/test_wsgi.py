@@ -424,6 +424,20 @@ def test_a_client_that_said_its_request_was_its_last(raw, said_all):
     exchange.finish()
 
 
+def test_an_upgrade_request_is_closed_by_us_not_by_its_client():
+    # The server refuses to switch protocols and closes (Request.keep_alive), but the
+    # client never said the request was its last: what it sends after must still be
+    # looked for, so the close lingers instead of resetting the response away.
+    raw = request(b"GET / HTTP/1.1", b"Host: x", b"Connection: Upgrade", b"Upgrade: websocket")
+    exchange = Exchange(raw, app_of())
+    exchange.serve()
+    assert exchange.keep_alive is False
+    exchange.client.sendall(GET11)
+    assert exchange.conn.said_all is False
+    assert exchange.conn.unread_input()
+    exchange.finish()
+
+
 def test_a_request_without_a_body_reads_as_empty_every_way():
     seen = []
 
