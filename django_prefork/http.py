@@ -609,7 +609,10 @@ class EmptyBody:
         return []
 
     def __iter__(self):
-        return iter(())
+        return self
+
+    def __next__(self):  # an iterator, as Body is: next(wsgi.input) ends, it does not fail
+        raise StopIteration
 
 
 EMPTY_BODY = EmptyBody()

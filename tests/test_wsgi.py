@@ -443,12 +443,13 @@ def test_a_request_without_a_body_reads_as_empty_every_way():
 
     def app(environ, start_response):
         body = environ["wsgi.input"]
-        seen.append((body.read(), body.read(5), body.readline(), body.readlines(), list(body)))
+        seen.append((body.read(), body.read(5), body.readline(), body.readlines(), list(body),
+                     next(body, "end")))  # an iterator, as a Body is: a bodyless request's input too
         start_response("200 OK", [("Content-Length", "0")])
         return []
 
     run(GET11, app)
-    assert seen == [(b"", b"", b"", [], [])]
+    assert seen == [(b"", b"", b"", [], [], "end")]
 
 
 HOP_BY_HOP_HEADERS = [
