@@ -80,7 +80,7 @@ class Connection:
         self.head_held = 0  # bytes of an unfinished head the worker's bound counts for it
         self.spool_file = None  # a temporary file a response goes on in once memory is spent
         self.spooled = 0  # bytes written to spool files for the response in hand
-        self.said_all = False  # the client said its request was its last (Connection: close) and all of it was read
+        self.said_all = False  # the client said its bodyless request was its last (Connection: close), read whole
 
     def fileno(self):
         return self.fd
@@ -101,8 +101,9 @@ class Connection:
 
         Closing over unread input makes the kernel answer with RST, which can
         destroy our response in the client's buffer before it is read. Not asked
-        when the client `said_all`: what such a client sends after its last request
-        is its own mistake, and the common `Connection: close` request saves an ioctl.
+        when the client `said_all`: after its last request, bodyless and read whole, a
+        client sends nothing, and the common `Connection: close` GET saves an ioctl.
+        (After a body it may: an old browser's CRLF, a miscounted length. Asked then.)
         """
         if self.said_all:
             return False

@@ -438,6 +438,21 @@ def test_an_upgrade_request_is_closed_by_us_not_by_its_client():
     exchange.finish()
 
 
+@pytest.mark.parametrize("raw, after", [
+    (request(b"POST / HTTP/1.0", b"Content-Length: 2") + b"ab", b"\r\n"),  # an old browser's CRLF after a POST body
+    (request(b"POST / HTTP/1.1", b"Host: x", b"Connection: close", b"Content-Length: 2") + b"ab", b"c"),  # excess body
+], ids=["crlf-after-body", "excess-body"])
+def test_what_follows_a_last_request_with_a_body_is_still_looked_for(raw, after):
+    # RFC 9112 §9.6: closing over unread input resets the connection, and the response
+    # the kernel still holds is lost. The old code lingered here; a request with a body
+    # is where such bytes come (RFC 9112 §2.2's extra CRLF, a miscounted Content-Length).
+    exchange = Exchange(raw, app_of())
+    exchange.serve()
+    exchange.client.sendall(after)
+    assert exchange.conn.unread_input()
+    exchange.finish()
+
+
 def test_a_request_without_a_body_reads_as_empty_every_way():
     seen = []
 
