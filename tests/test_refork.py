@@ -127,6 +127,14 @@ def warm_every_worker(server, count):
     return load.pids
 
 
+def load_until(server, pattern, timeout=60, **options):
+    """A load (Load's options) until the log says `pattern`; every request of it answered. The match."""
+    with Load(server, **options) as load:
+        match = server.wait_for(pattern, timeout=timeout)
+    assert not load.failures, load.failures
+    return match
+
+
 def test_the_setting_is_off_by_default_and_validated():
     setting = conf.BY_NAME["PREFORK_REFORK_AFTER"]
     assert setting.default == ()
@@ -248,7 +256,7 @@ def test_a_mold_that_dies_is_replaced_by_the_next_promotion():
     # PREFORK_MAX_REQUESTS will recycle the workers: the mold stays to fork their successors.
     with refork_server([60], workers=2, PREFORK_MAX_REQUESTS=100000) as server:
         server.wait_workers(2)
-        with Load(server) as load:
+        with Load(server):
             server.wait_for(r"refork 1 done", timeout=60)
         [mold] = mold_pids(server)
         os.kill(mold, signal.SIGKILL)
@@ -258,9 +266,7 @@ def test_a_mold_that_dies_is_replaced_by_the_next_promotion():
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: len(serving_workers(server)) == 2 and victim not in serving_workers(server),
                    message="a replacement")
-        with Load(server) as load:
-            server.wait_for(r"refork 2 done", timeout=60)
-        assert not load.failures, load.failures
+        load_until(server, r"refork 2 done")
         assert len(mold_pids(server)) == 1 and mold not in mold_pids(server)
         assert "retires" not in server.output
 
@@ -291,9 +297,7 @@ def test_a_worker_forked_after_a_mold_stops_answering_is_promoted_at_the_last_co
     # dropped; the worker the arbiter forks in its stead is cold, and must become the next mold.
     with refork_server([60], workers=2, PREFORK_MAX_REQUESTS=10**9) as server:
         server.wait_workers(2)
-        with Load(server) as load:
-            server.wait_for(r"refork 1 done", timeout=60)
-        assert not load.failures, load.failures
+        load_until(server, r"refork 1 done")
         [mold] = mold_pids(server)
         os.kill(mold, signal.SIGSTOP)  # hung: it will never answer
         try:
@@ -336,9 +340,7 @@ def test_each_channel_has_one_end_in_the_arbiter_and_the_other_in_its_worker_or_
     # (a mold is told to exit that way), and every child of a mold holds the mold's channel too.
     with refork_server([60], workers=2, PREFORK_MAX_REQUESTS=10**9) as server:
         server.wait_workers(2)
-        with Load(server) as load:
-            server.wait_for(r"refork 1 done", timeout=60)
-        assert not load.failures, load.failures
+        load_until(server, r"refork 1 done")
         [arbiter] = server.arbiter_pids()
         ours = seqpacket_sockets(arbiter)
         assert len(ours) == 3  # the mold's channel and each worker's
