@@ -227,6 +227,16 @@ class Request:
             return None
         return self.started + self.limits.body_time + debugger.paused_since(self.started)
 
+    def last_words(self):
+        """Did the client say this request, read whole and without a body, is its last?
+
+        Its own word only (an Upgrade request is closed by us, not by it), and only for a
+        request without a body: bytes after a body (an old browser's CRLF, a miscounted
+        length) are what lingering is for; after a bodyless request a client sends nothing.
+        """
+        return (not self.keep_alive and not self.upgrade and self.complete
+                and self.content_length is None and not self.chunked)
+
     def check_head(self):
         if self.version not in ("1.1", "1.0"):
             raise HTTPError(505, "HTTP Version Not Supported")

@@ -173,11 +173,7 @@ def serve_connection(conn, context):
         log.warning('"%s": response body %d bytes shorter than its Content-Length', _request_line(environ),
                     response.short_by)
     conn.keep_alive = response.keep_alive and not response.short_by and request.complete
-    # The client's own word only (an Upgrade request is closed by us, not by it), and only for a
-    # request without a body: bytes after a body (an old browser's CRLF, a miscounted length) are
-    # what lingering is for; after a bodyless request a client sends nothing.
-    conn.said_all = not request.keep_alive and not request.upgrade and request.complete \
-        and request.content_length is None and not request.chunked
+    conn.said_all = request.last_words()
     if context.access_log:
         log_request(_request_line(environ), response.status_code, response.body_sent, context.access_log,
                     environ, started=request.started)
